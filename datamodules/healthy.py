@@ -1,0 +1,112 @@
+"""Healthy CT for NormNet: random lung-containing slabs, lesions synthesised on the device.
+
+Workers only read slabs of H and M from the prepared cache (memory-mapped);
+`on_after_batch_transfer` runs the lesion generator where the batch now lives
+(the GPU when there is one), once per ensemble member with the member's own
+generator, and builds each member's target.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_normnet.datasets import largest_slab_lung, load_index
+from lightning_normnet.lesions import synthesize
+from lightning_normnet.targets import training_target
+
+from .data_sources import prepared_dir
+from .evaluation import EvaluationDataModule
+
+
+class HealthySlabs(Dataset):
+    """Item i: a reproducible random slab (seeded by seed and i) from a random healthy volume."""
+
+    def __init__(self, folder: str | Path, slab, length: int, seed: int):
+        self.folder, self.slab, self.length, self.seed = Path(folder), tuple(slab), length, seed
+        index = load_index(folder)
+        self.cases = index["cases"]
+        self.m_max = largest_slab_lung(index, self.slab[0])
+        if self.m_max == 0:
+            raise ValueError(f"{folder}: no lung voxels in any prepared healthy volume.")
+        self.starts = []
+        for case in self.cases:
+            counts = np.asarray(case["lung_per_slice"])
+            depth = min(self.slab[0], len(counts))
+            window = np.convolve(counts, np.ones(depth, dtype=np.int64), mode="valid")
+            self.starts.append(np.flatnonzero(window > 0))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])
+        c = int(rng.integers(len(self.cases)))
+        start = int(rng.choice(self.starts[c]))
+        folder = self.folder / self.cases[c]["name"]
+        depth = self.slab[0]
+        image = np.load(folder / "image.npy", mmap_mode="r")[start:start + depth]
+        lung = np.load(folder / "lung.npy", mmap_mode="r")[start:start + depth]
+        if image.shape[0] < depth:   # a volume thinner than the slab: pad with empty slices
+            pad = [(0, depth - image.shape[0]), (0, 0), (0, 0)]
+            image, lung = np.pad(image, pad), np.pad(lung, pad)
+        return {"image": torch.from_numpy(np.asarray(image, dtype=np.float32))[None],
+                "lung": torch.from_numpy(np.array(lung, dtype=bool))[None],
+                "lam": torch.tensor(float(lung.sum()) / self.m_max, dtype=torch.float32)}
+
+
+class HealthyCTDataModule(EvaluationDataModule):
+    """Training slabs of healthy CT; validation on the labelled sets of `data.test` (inherited)."""
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        self._generators: list[torch.Generator] | None = None
+        self.train_set: HealthySlabs | None = None
+
+    def prepare_data(self) -> None:
+        prepared_dir(self.cfg, "healthy", self.cfg.data.healthy)
+        super().prepare_data()
+
+    def setup(self, stage: str) -> None:
+        cfg = self.cfg
+        if stage == "fit" and self.train_set is None:
+            world = self.trainer.world_size if self.trainer else 1
+            length = cfg.trainer.max_steps * cfg.data.batch_size * world
+            self.train_set = HealthySlabs(prepared_dir(cfg, "healthy", cfg.data.healthy), cfg.data.slab,
+                                          length, cfg.seed)
+        super().setup(stage)
+
+    def train_dataloader(self) -> DataLoader:
+        workers = self.cfg.data.num_workers
+        return DataLoader(self.train_set, batch_size=self.cfg.data.batch_size, shuffle=False,
+                          num_workers=workers, persistent_workers=workers > 0, drop_last=True,
+                          pin_memory=torch.cuda.is_available())
+
+    def generators(self, device: torch.device) -> list[torch.Generator]:
+        """One generator per member on the batch's device, seeded by (seed, rank, member)."""
+        if self._generators is None or self._generators[0].device != device:
+            rank = self.trainer.global_rank if self.trainer else 0
+            self._generators = []
+            for member in range(self.cfg.model.members):
+                generator = torch.Generator(device=device)
+                generator.manual_seed(int(np.random.SeedSequence([self.cfg.seed, rank, member]).generate_state(1)[0]))
+                self._generators.append(generator)
+        return self._generators
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        return synthesize_members(batch, self.cfg, self.generators(batch["image"].device))
+
+
+def synthesize_members(batch: dict, cfg: DictConfig, generators: list[torch.Generator]) -> dict:
+    """Each member's input A and target (Eq. 1 or an ablation), stacked on a leading member axis."""
+    inputs, targets = [], []
+    for generator in generators:
+        image, lesion = synthesize(batch["image"], batch["lung"], batch["lam"], cfg.lesions, generator)
+        inputs.append(image)
+        targets.append(training_target(cfg.target.kind, batch["image"], batch["lung"], lesion, cfg.target.tau))
+    return {"inputs": torch.stack(inputs), "targets": torch.stack(targets).long(), "lam": batch["lam"]}

@@ -1,0 +1,208 @@
+"""`normnet train | prepare | predict | evaluate`.
+
+    normnet train EXPERIMENT [key=value ...]
+    normnet prepare EXPERIMENT [key=value ...]            cache the experiment's data
+    normnet prepare --input DIR --output DIR [--labelled] cache any folder
+    normnet predict --checkpoint CKPT [CKPT ...] --input CT --output MASK [--report R.json]
+    normnet evaluate --checkpoint CKPT [CKPT ...] [key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .config import ConfigError, load_config, validate
+from .io import InputError
+
+
+def use_offline_wandb_unless_keyed() -> None:
+    """Nothing reaches the network unless the user gave W&B a key (or chose a mode)."""
+    if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+        os.environ["WANDB_MODE"] = "offline"
+
+
+def _trainer(cfg, run_dir: Path, callbacks: list, **overrides):
+    import lightning as L
+    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if cfg.logging.wandb:
+        use_offline_wandb_unless_keyed()
+        loggers.append(WandbLogger(project=cfg.logging.project, name=f"{cfg.name}-{run_dir.name}",
+                                   save_dir=str(run_dir), config=OmegaConf.to_container(cfg)))
+    t = cfg.trainer
+    options = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+                   logger=loggers, callbacks=callbacks + [RichProgressBar()], log_every_n_steps=t.log_every_n_steps,
+                   num_sanity_val_steps=t.num_sanity_val_steps, default_root_dir=str(run_dir))
+    options.update(overrides)
+    return L.Trainer(**options)
+
+
+def _run_dir(cfg, kind: str) -> Path:
+    run_dir = Path(cfg.output_dir) / cfg.name / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def train(args) -> int:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from callbacks.ensemble_evaluation import EnsembleEvaluation
+    from datamodules.healthy import HealthyCTDataModule
+
+    from .models.normnet import NormNet
+
+    cfg = load_config(args.experiment, args.overrides)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = HealthyCTDataModule(cfg)
+    datamodule.prepare_data()
+    run_dir = _run_dir(cfg, "train")
+    evaluation = EnsembleEvaluation(run_dir, cfg.logging.overlays)
+    interval = min(cfg.trainer.val_check_interval, cfg.trainer.max_steps)
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}",
+                                  auto_insert_metric_name=False, save_last=True, every_n_train_steps=interval,
+                                  save_top_k=-1)
+    trainer = _trainer(cfg, run_dir, [evaluation, checkpoints], max_steps=cfg.trainer.max_steps,
+                       val_check_interval=interval, check_val_every_n_epoch=None)
+    model = NormNet(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(model, datamodule=datamodule)
+    if not evaluation.history or evaluation.history[-1]["step"] != trainer.global_step:
+        trainer.validate(model, datamodule=datamodule)
+    if trainer.is_global_zero:
+        print(f"run folder: {run_dir}\ncheckpoint: {run_dir / 'checkpoints' / 'last.ckpt'}")
+    return 0
+
+
+def load_ensemble(checkpoints: list[str], overrides: list[str], device):
+    """One NormNet whose members are those of all checkpoints; config of the first, plus overrides."""
+    import torch
+
+    from .models.normnet import NormNet
+
+    models = []
+    for path in checkpoints:
+        if not Path(path).is_file():
+            raise InputError(f"{path}: checkpoint not found.")
+        models.append(NormNet.load_from_checkpoint(path, map_location=device, weights_only=False))
+    cfg = models[0].cfg
+    OmegaConf.set_struct(cfg, True)
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    validate(cfg)
+    ensemble = models[0]
+    ensemble.cfg = cfg
+    ensemble.members = torch.nn.ModuleList([member for model in models for member in model.members])
+    return ensemble.to(device).eval(), cfg
+
+
+def _device():
+    import torch
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def predict(args) -> int:
+    from .inference import predict_ct
+    from .io import write_image
+
+    device = _device()
+    model, cfg = load_ensemble(args.checkpoint, args.overrides, device)
+    result = predict_ct(model.members, args.input, cfg, device, Path(args.lung_mask) if args.lung_mask else None)
+    write_image(result.lesion, args.output)
+    print(f"lesion mask: {args.output} ({result.report['lesion_volume_ml']:.1f} mL lesion in "
+          f"{result.report['lung_volume_ml']:.1f} mL lung, {result.report['percentage_of_infection']:.2f}%)")
+    if args.report:
+        report = Path(args.report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        tmp = report.with_name(f".tmp-{report.name}")
+        tmp.write_text(json.dumps({**result.report, "checkpoints": args.checkpoint}, indent=1))
+        os.replace(tmp, report)
+        print(f"report: {report}")
+    return 0
+
+
+def evaluate(args) -> int:
+    from callbacks.ensemble_evaluation import EnsembleEvaluation
+    from datamodules.evaluation import EvaluationDataModule
+
+    model, cfg = load_ensemble(args.checkpoint, args.overrides, "cpu")
+    run_dir = _run_dir(cfg, "evaluate")
+    evaluation = EnsembleEvaluation(run_dir, cfg.logging.overlays)
+    trainer = _trainer(cfg, run_dir, [evaluation])
+    datamodule = EvaluationDataModule(cfg)
+    datamodule.prepare_data()
+    trainer.validate(model, datamodule=datamodule)
+    if trainer.is_global_zero:
+        print(f"metrics: {run_dir / 'evaluation.md'}")
+    return 0
+
+
+def prepare(args) -> int:
+    from datamodules.data_sources import prepared_dir
+
+    from .datasets import discover_cases, prepare_cases
+
+    if args.input:
+        if not args.output:
+            raise ConfigError("prepare --input needs --output <cache folder>.")
+        cfg = load_config(args.experiment or "normnet", args.overrides)
+        index = prepare_cases(discover_cases(args.input), args.output, cfg, training=not args.labelled)
+        print(f"{len(index['cases'])} volumes prepared in {args.output}, {len(index['skipped'])} skipped")
+        return 0
+    if not args.experiment:
+        raise ConfigError("prepare needs an EXPERIMENT or --input DIR --output DIR.")
+    cfg = load_config(args.experiment, args.overrides)
+    print(f"healthy: {prepared_dir(cfg, 'healthy', cfg.data.healthy)}")
+    for name in cfg.data.test:
+        print(f"test {name}: {prepared_dir(cfg, 'test', name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="normnet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train an experiment (experiments/<name>.yaml)")
+    p.add_argument("experiment")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=train)
+    p = sub.add_parser("prepare", help="build the preprocessed cache")
+    p.add_argument("experiment", nargs="?")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--input", help="a folder of scans (images/, lesions/, lungs/ or plain)")
+    p.add_argument("--output", help="cache folder to write")
+    p.add_argument("--labelled", action="store_true", help="cases carry lesion masks (evaluation set)")
+    p.set_defaults(func=prepare)
+    p = sub.add_parser("predict", help="lesion mask for one CT file or DICOM folder")
+    p.add_argument("--checkpoint", nargs="+", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True, help="mask file (.nii.gz, .nrrd, .mha)")
+    p.add_argument("--report", help="JSON report: volumes, percentage of infection, per-slice counts")
+    p.add_argument("--lung-mask", help="lung mask file (with lung_mask.backend=file)")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=predict)
+    p = sub.add_parser("evaluate", help="score checkpoints on the labelled sets of data.test")
+    p.add_argument("--checkpoint", nargs="+", required=True)
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, InputError) as err:
+        print(f"normnet {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

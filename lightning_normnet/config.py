@@ -1,0 +1,107 @@
+"""Experiment configuration: OmegaConf YAML with a `base` chain and dotted overrides.
+
+An experiment file names its `base` and holds only what differs from it, so the
+paper's settings live in one place (experiments/normnet.yaml). The merged
+config is struct: a key that the base does not define is an error, whether it
+comes from a file or from the command line, so a typo never silently trains
+with the default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used."""
+
+
+def resolve_experiment(name_or_path: str) -> Path:
+    """`normnet` -> experiments/normnet.yaml; a path is taken as it is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"{path}: experiment file not found.")
+        return path
+    candidate = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+        raise ConfigError(f"{candidate}: no experiment named '{name_or_path}' (known: {known}).")
+    return candidate
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    if path in seen:
+        raise ConfigError(f"{path}: circular `base` chain.")
+    conf = OmegaConf.load(path)
+    base = conf.pop("base", None)
+    if base is None:
+        OmegaConf.set_struct(conf, True)
+        return conf
+    base_path = resolve_experiment(str(base)) if not Path(base).is_absolute() else Path(base)
+    merged = _load_chain(base_path, seen + (path,))
+    try:
+        return OmegaConf.merge(merged, conf)
+    except ConfigKeyError as err:
+        raise ConfigError(f"{path}: unknown key {err.full_key!r} (not in {base_path.name}).") from None
+
+
+def load_config(experiment: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Load an experiment by name or path and apply `key.sub=value` overrides."""
+    conf = _load_chain(resolve_experiment(experiment))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value.")
+    try:
+        conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+    except ConfigKeyError as err:
+        raise ConfigError(f"unknown configuration key {err.full_key!r} in the overrides.") from None
+    validate(conf)
+    return conf
+
+
+def _check_range(conf: DictConfig, key: str, low_bound: float = 0.0) -> None:
+    value = OmegaConf.select(conf, key)
+    if len(value) != 2 or value[0] > value[1] or value[0] < low_bound:
+        raise ConfigError(f"{key}={list(value)} must be [low, high] with {low_bound} <= low <= high.")
+
+
+def validate(conf: DictConfig) -> None:
+    """Reject values that would fail late (mid-training) or silently do the wrong thing."""
+    for key in ("lesions.small_count", "lesions.medium_count", "lesions.small_semi_axes",
+                "lesions.medium_semi_axes", "lesions.large_semi_axes", "lesions.sigma_a",
+                "lesions.a_range", "lesions.sigma_b_small", "lesions.sigma_b_large", "lesions.mu0",
+                "lesions.elastic_magnitude"):
+        _check_range(conf, key)
+    lo, hi = conf.lesions.a_range
+    if hi - lo <= conf.lesions.a_min_gap and conf.lesions.a_min_gap > 0:
+        raise ConfigError(f"lesions.a_range={[lo, hi]} cannot give a_U - a_L > a_min_gap={conf.lesions.a_min_gap}.")
+    if conf.target.kind not in ("tissue", "areas", "lesions"):
+        raise ConfigError(f"target.kind={conf.target.kind!r} must be tissue, areas or lesions.")
+    if conf.lung_mask.backend not in ("threshold", "file"):
+        raise ConfigError(f"lung_mask.backend={conf.lung_mask.backend!r} must be threshold or file.")
+    if conf.postprocessing.dilation_shape not in ("ball", "cube"):
+        raise ConfigError("postprocessing.dilation_shape must be ball or cube.")
+    for key in ("k_d", "k_f"):
+        if conf.postprocessing[key] % 2 != 1:
+            raise ConfigError(f"postprocessing.{key}={conf.postprocessing[key]} must be odd (centred mean filter).")
+    if conf.model.members < 1:
+        raise ConfigError("model.members must be at least 1.")
+    if len(conf.data.slab) != 3 or len(conf.inference.roi) != 3:
+        raise ConfigError("data.slab and inference.roi must be [D, H, W].")
+    if list(conf.data.slab[1:]) != list(conf.preprocessing.in_plane_size):
+        raise ConfigError(f"data.slab in-plane {list(conf.data.slab[1:])} must equal "
+                          f"preprocessing.in_plane_size {list(conf.preprocessing.in_plane_size)}.")
+    if conf.data.healthy not in ("phantom", "folder"):
+        raise ConfigError(f"data.healthy={conf.data.healthy!r} must be phantom or folder.")
+    if conf.data.healthy == "folder" and not conf.data.healthy_root:
+        raise ConfigError("data.healthy=folder needs data.healthy_root=<folder of healthy scans>.")
+    for name in conf.data.test:
+        if name not in ("phantom", "folder"):
+            raise ConfigError(f"data.test entry {name!r} must be phantom or folder.")
+        if name == "folder" and not conf.data.test_root:
+            raise ConfigError("data.test=[folder] needs data.test_root=<folder with images/ and lesions/>.")

@@ -1,0 +1,84 @@
+"""Evaluation metrics of the NormNet paper, per volume and per dataset.
+
+Table III: DSC = 2tp / (2tp + fn + fp), PSC = tp / (tp + fp), SEN = tp / (tp + fn),
+plus specificity tn / (tn + fp) counted inside the lung (outside it every method
+is trivially right). Table II: the bright lung voxels (H >= tau) classified as
+healthy (positive) or lesion by the vote, with precision, sensitivity,
+specificity and the AUC of the members' mean healthy probability. A ratio with
+an empty denominator is NaN (e.g. PSC of an empty prediction) and is left out
+of the dataset mean; DSC of an empty prediction on an empty truth is 1.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+SEGMENTATION_KEYS = ("dsc", "psc", "sen", "spec")
+BRIGHT_KEYS = ("bright_precision", "bright_sensitivity", "bright_specificity", "bright_auc")
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan
+
+
+def confusion(pred: torch.Tensor, truth: torch.Tensor, region: torch.Tensor | None = None) -> tuple[int, ...]:
+    """(tp, fp, fn, tn) of two boolean masks, counted inside `region` when given."""
+    pred, truth = pred.bool(), truth.bool()
+    if region is not None:
+        pred, truth = pred[region.bool()], truth[region.bool()]
+    tp = int((pred & truth).sum())
+    fp = int((pred & ~truth).sum())
+    fn = int((~pred & truth).sum())
+    tn = int(pred.numel() - tp - fp - fn)
+    return tp, fp, fn, tn
+
+
+def segmentation_metrics(pred: torch.Tensor, truth: torch.Tensor, lung: torch.Tensor) -> dict[str, float]:
+    tp, fp, fn, _ = confusion(pred, truth)
+    _, fp_lung, _, tn_lung = confusion(pred, truth, lung)
+    return {"dsc": 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn),
+            "psc": _ratio(tp, tp + fp), "sen": _ratio(tp, tp + fn), "spec": _ratio(tn_lung, tn_lung + fp_lung)}
+
+
+def bright_voxel_metrics(healthy_vote: torch.Tensor, healthy_probability: torch.Tensor, image: torch.Tensor,
+                         lung: torch.Tensor, lesion: torch.Tensor, tau: float) -> dict[str, float]:
+    """Table II on the bright lung voxels: positive = healthy tissue, negative = lesion."""
+    bright = lung.bool() & (image >= tau)
+    truth = ~lesion.bool()[bright]
+    vote = healthy_vote.bool()[bright]
+    tp = int((vote & truth).sum())
+    fp = int((vote & ~truth).sum())
+    fn = int((~vote & truth).sum())
+    tn = int((~vote & ~truth).sum())
+    both = bool(truth.any()) and bool((~truth).any())
+    auc = float(binary_auroc(healthy_probability[bright].float(), truth.long())) if both else math.nan
+    return {"bright_precision": _ratio(tp, tp + fp), "bright_sensitivity": _ratio(tp, tp + fn),
+            "bright_specificity": _ratio(tn, tn + fp), "bright_auc": auc}
+
+
+def summarize(records: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per dataset and metric: (mean, std, n) over the volumes where the metric is defined."""
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for dataset in sorted({r["dataset"] for r in records}):
+        rows = [r for r in records if r["dataset"] == dataset]
+        out[dataset] = {}
+        for key in SEGMENTATION_KEYS + BRIGHT_KEYS:
+            values = np.array([r[key] for r in rows if key in r], dtype=float)
+            values = values[~np.isnan(values)]
+            out[dataset][key] = ((float(values.mean()), float(values.std()), len(values)) if len(values)
+                                 else (math.nan, math.nan, 0))
+    return out
+
+
+def format_table(summary: dict) -> str:
+    """Markdown table: one row per dataset, mean +/- std in percent, as Tables II and III."""
+    keys = SEGMENTATION_KEYS + BRIGHT_KEYS
+    lines = ["| dataset | " + " | ".join(k.upper() if k in SEGMENTATION_KEYS else k for k in keys) + " |",
+             "|---" * (len(keys) + 1) + "|"]
+    for dataset, metrics in summary.items():
+        cells = [f"{100 * m:.1f} ± {100 * s:.1f}" if n else "n/a" for m, s, n in (metrics[k] for k in keys)]
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""NormNet as a LightningModule: an ensemble of MONAI 3D U-Nets trained in one run.
+
+Each member differs only in its seed: its own initial weights and its own
+synthetic lesions (made by the datamodule). The member losses (Dice + CE) are
+summed; Adam is element-wise, so one Adam over all members equals one per
+member. Validation runs the ensemble on whole labelled volumes and returns a
+per-volume record for the evaluation callback.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..inference import EnsemblePrediction, predict_lesions
+from ..metrics import bright_voxel_metrics, segmentation_metrics
+
+
+def build_unet(model: DictConfig) -> UNet:
+    """Two output classes: 0 = not healthy tissue, 1 = healthy tissue."""
+    return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=tuple(model.channels),
+                strides=tuple(model.strides), num_res_units=model.num_res_units, norm=model.norm)
+
+
+class NormNet(L.LightningModule):
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(config)
+        members = []
+        for m in range(self.cfg.model.members):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.seed * 1000 + m)
+                members.append(build_unet(self.cfg.model))
+        self.members = nn.ModuleList(members)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=self.cfg.model.dice_weight,
+                               lambda_ce=self.cfg.model.ce_weight)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        total = 0.0
+        for m, member in enumerate(self.members):
+            loss = self.loss(member(batch["inputs"][m]), batch["targets"][m])
+            self.log(f"train/loss_member{m}", loss, on_step=True, prog_bar=False)
+            total = total + loss
+        self.log("train/loss", total / len(self.members), on_step=True, prog_bar=True)
+        return total
+
+    def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> EnsemblePrediction:
+        return predict_lesions(self.members, image, lung, self.cfg.inference, self.cfg.postprocessing)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        result = self.predict_volume(batch["image"], batch["lung"])
+        record = {"dataset": batch["dataset"][0], "name": batch["name"][0]}
+        record.update(segmentation_metrics(result.lesion, batch["lesion"], batch["lung"]))
+        record.update(bright_voxel_metrics(result.healthy, result.healthy_probability, batch["image"],
+                                           batch["lung"], batch["lesion"], self.cfg.target.tau))
+        return {"record": record, "prediction": result}
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.model.lr)
