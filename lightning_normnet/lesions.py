@@ -31,9 +31,9 @@ def synthesize(healthy: torch.Tensor, lung: torch.Tensor, lam, cfg: DictConfig,
     sampler = _Sampler(generator, healthy.device)
     batch = healthy.shape[0]
     lam = torch.as_tensor(lam, dtype=torch.float32).to(healthy.device).expand(batch)
-    lung = lung.bool()
+    lung = lung.bool().contiguous()
     ellipsoids = _sample_ellipsoids(sampler, lung, lam, cfg)
-    image = healthy.clone()
+    image = healthy.clone(memory_format=torch.contiguous_format)
     lesion = torch.zeros_like(lung)
     if ellipsoids is None:
         return image, lesion
@@ -212,20 +212,30 @@ def _texture_parameters(sampler: _Sampler, count: int, cfg: DictConfig) -> dict:
             "mu0": sampler.uniform((count,), *cfg.mu0)}
 
 
+def scale_to_range(a2: torch.Tensor, blob: torch.Tensor, low, high) -> torch.Tensor:
+    """Eq. 8: a = (a_U - a_L) (a2 - min) / (max - min) + a_L, min and max over the blob."""
+    inside = a2[blob]
+    a2_min, a2_max = inside.min(), inside.max()
+    return (high - low) * (a2 - a2_min) / (a2_max - a2_min).clamp_min(1e-12) + low
+
+
+def scale_salt_noise(b2: torch.Tensor, blob: torch.Tensor, mu0, threshold: float) -> torch.Tensor:
+    """Eq. 5-6: clip(beta b2, 0, 1) in the blob, beta = mu0 / mean(b2 over blob voxels with b2 > threshold).
+
+    A blob with no voxel above the threshold falls back to its plain mean (the paper leaves it undefined).
+    """
+    bright = blob & (b2 > threshold)
+    reference = torch.where(bright.any(), (b2 * bright).sum() / bright.sum().clamp_min(1),
+                            b2[blob].mean()).clamp_min(1e-6)
+    return (mu0 / reference * b2).clamp(0.0, 1.0) * blob
+
+
 def blob_texture(sampler: _Sampler, blob: torch.Tensor, sigma_a: float, a_low, a_high, sigma_b: float, mu0,
                  beta_threshold: float) -> torch.Tensor:
     """B_j on a (1, 1, d, h, w) box holding the blob mask `blob` (Eq. 2-8); zero outside the blob."""
-    a2 = gaussian_blur(sampler.uniform(blob.shape, 0.0, 1.0), sigma_a)
-    inside = a2[blob]
-    a2_min, a2_max = inside.min(), inside.max()
-    a = (a_high - a_low) * (a2 - a2_min) / (a2_max - a2_min).clamp_min(1e-12) + a_low
-    b1 = (sampler.uniform(blob.shape, 0.0, 1.0) < a).to(a.dtype)
-    b2 = gaussian_blur(b1, sigma_b)
-    bright = blob & (b2 > beta_threshold)
-    reference = torch.where(bright.any(), (b2 * bright).sum() / bright.sum().clamp_min(1),
-                            b2[blob].mean()).clamp_min(1e-6)
-    beta = mu0 / reference
-    return (beta * b2).clamp(0.0, 1.0) * blob
+    a = scale_to_range(gaussian_blur(sampler.uniform(blob.shape, 0.0, 1.0), sigma_a), blob, a_low, a_high)
+    b1 = (sampler.uniform(blob.shape, 0.0, 1.0) < a).to(a.dtype)                       # Eq. 2
+    return scale_salt_noise(gaussian_blur(b1, sigma_b), blob, mu0, beta_threshold)     # Eq. 3, 5, 6
 
 
 def _paint_textures(sampler: _Sampler, image: torch.Tensor, voxels: torch.Tensor, blobs: torch.Tensor,

@@ -8,7 +8,8 @@ a recipe unlike the training generator's (thresholded smooth random fields grown
 from seeds near the pleura, mostly posterior, as ground-glass opacity with the
 vessels still visible or as consolidation), so evaluation does not measure the
 generator against itself. `write_phantom_dataset` writes NIfTI in the layout
-`datasets.discover_cases` reads.
+`datasets.discover_cases` reads, with the true lung masks in lungs/ (used with
+lung_mask.backend=file).
 """
 from __future__ import annotations
 
@@ -75,12 +76,12 @@ def _tree(rng, lung: np.ndarray, canvas: _Canvas, start, direction, radius, leng
         turn = rng.standard_normal(3)
         turn -= (turn @ direction) * direction
         child = direction + sign * 0.6 * turn / (np.linalg.norm(turn) + 1e-9) + 0.2 * rng.standard_normal(3)
-        _tree(rng, lung, canvas, end, child, radius * rng.uniform(0.65, 0.8), length * rng.uniform(0.7, 0.85),
+        _tree(rng, lung, canvas, end, child, radius * rng.uniform(0.72, 0.85), length * rng.uniform(0.72, 0.88),
               depth - 1, segments)
 
 
 def make_chest(seed: int, size_xyz=(160, 160, 80), spacing_xyz=(2.0, 2.0, 3.0), covid: bool = False):
-    """(HU volume (z, y, x) float32, lesion mask bool) of one phantom chest."""
+    """(HU volume (z, y, x) float32, lung mask, lesion mask) of one phantom chest."""
     rng = np.random.default_rng(seed)
     canvas = _Canvas(size_xyz, spacing_xyz)
     z, y, x = canvas.grid()
@@ -113,10 +114,10 @@ def make_chest(seed: int, size_xyz=(160, 160, 80), spacing_xyz=(2.0, 2.0, 3.0), 
     for side in (-1, 1):
         hilum = np.array([cz + rng.uniform(-0.1, 0.1) * lz, cy + rng.uniform(-0.1, 0.1) * by,
                           cx + side * bx * 0.22])
-        for _ in range(3):
-            direction = np.array([rng.uniform(-1, 1), rng.uniform(-0.6, 0.6), side * 1.0])
-            _tree(rng, lung, canvas, hilum, direction, radius=rng.uniform(3.5, 5.0), length=0.3 * lx * 1.6,
-                  depth=6, segments=vessels)
+        for _ in range(6):
+            direction = np.array([rng.uniform(-1.2, 1.2), rng.uniform(-0.8, 0.8), side * 1.0])
+            _tree(rng, lung, canvas, hilum, direction, radius=rng.uniform(4.0, 6.0), length=0.45 * lx,
+                  depth=7, segments=vessels)
     for p0, p1, r in vessels:
         canvas.capsule(hu, p0, p1, r, BLOOD + 30.0 * rng.standard_normal())
 
@@ -139,7 +140,7 @@ def make_chest(seed: int, size_xyz=(160, 160, 80), spacing_xyz=(2.0, 2.0, 3.0), 
     if covid:
         lesion = _covid_lesions(rng, hu, lung, canvas)
     hu = ndimage.gaussian_filter(hu, 0.6) + rng.normal(0, 12.0, canvas.shape).astype(np.float32)
-    return hu.astype(np.float32), lesion
+    return hu.astype(np.float32), lung, lesion
 
 
 def _covid_lesions(rng, hu: np.ndarray, lung: np.ndarray, canvas: _Canvas) -> np.ndarray:
@@ -171,19 +172,19 @@ def _covid_lesions(rng, hu: np.ndarray, lung: np.ndarray, canvas: _Canvas) -> np
 
 
 def write_phantom_dataset(root: str | Path, count: int, seed: int, size_xyz, spacing_xyz, covid: bool) -> Path:
-    """Write `count` phantom chests as NIfTI: images/ (and lesions/ for COVID-like volumes)."""
+    """Write `count` phantom chests as NIfTI: images/, lungs/ (and lesions/ for COVID-like volumes)."""
     root = Path(root)
     for i in range(count):
         name = f"{'covid' if covid else 'healthy'}_{i:03d}"
         image_path = root / "images" / f"{name}.nii.gz"
         if image_path.exists():
             continue
-        hu, lesion = make_chest(seed + i, size_xyz, spacing_xyz, covid)
-        for array, path in ((lesion.astype(np.uint8), root / "lesions" / f"{name}.nii.gz") if covid else (None, None),
-                            (hu, image_path)):
-            if array is None:
-                continue
+        hu, lung, lesion = make_chest(seed + i, size_xyz, spacing_xyz, covid)
+        outputs = {"lungs": lung.astype(np.uint8), "images": hu}   # the image last: its presence means done
+        if covid:
+            outputs = {"lesions": lesion.astype(np.uint8), **outputs}
+        for folder, array in outputs.items():
             image = sitk.GetImageFromArray(array)
             image.SetSpacing([float(s) for s in spacing_xyz])
-            write_image(image, path)
+            write_image(image, root / folder / f"{name}.nii.gz")
     return root

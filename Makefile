@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make train EXP=normnet_quick` and `make test`.
+# Both create .venv and install the project first (torch pinned to 2.13.*).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EXP    ?= normnet
+ARGS   ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: install train prepare evaluate predict test test-all bench lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)          ## make train EXP=normnet ARGS="trainer.max_steps=10 model.members=3"
+	$(BIN)/normnet train $(EXP) $(ARGS)
+
+prepare: $(STAMP)        ## make prepare EXP=normnet: build the data cache only
+	$(BIN)/normnet prepare $(EXP) $(ARGS)
+
+evaluate: $(STAMP)       ## make evaluate CKPT="a.ckpt b.ckpt" ARGS="data.test=[folder] data.test_root=/data/covid"
+	$(BIN)/normnet evaluate --checkpoint $(CKPT) $(ARGS)
+
+predict: $(STAMP)        ## make predict CKPT=last.ckpt INPUT=scan/ OUTPUT=mask.nii.gz REPORT=report.json
+	$(BIN)/normnet predict --checkpoint $(CKPT) --input $(INPUT) --output $(OUTPUT) $(if $(REPORT),--report $(REPORT))
+
+test: $(STAMP)           ## fast CPU tests
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)       ## including the slow ones
+	$(BIN)/python -m pytest -q -m ""
+
+bench: $(STAMP)          ## lesion generator and post-processing vs a plain scipy reference
+	$(BIN)/python benchmarks/bench_generator_postprocessing.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) cache runs wandb

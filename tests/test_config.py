@@ -1,0 +1,55 @@
+import pytest
+
+from lightning_normnet.config import ConfigError, load_config
+
+
+def test_paper_settings_are_the_default():
+    cfg = load_config("normnet")
+    assert list(cfg.preprocessing.spacing) == [0.8, 0.8, 1.0]
+    assert list(cfg.data.slab) == [32, 512, 512]
+    assert cfg.data.batch_size == 8 and cfg.model.lr == 3e-4 and cfg.trainer.max_steps == 2000
+    assert cfg.model.members == 5 and cfg.inference.healthy_probability == 0.95
+    pp = cfg.postprocessing
+    assert (pp.k_d, pp.k_f, pp.t_d, pp.t_f) == (9, 7, 0.2, 0.15)
+    assert cfg.target.tau == 0.33 and list(cfg.preprocessing.window) == [-800, 100]
+    assert cfg.lesions.rotation and cfg.lesions.elastic
+
+
+def test_quick_is_a_diff_of_the_default():
+    cfg = load_config("normnet_quick")
+    assert cfg.name == "normnet_quick" and cfg.trainer.max_steps < 2000
+    assert cfg.target.tau == 0.33 and cfg.model.members == 5   # inherited unchanged
+
+
+def test_overrides_reach_any_key():
+    cfg = load_config("normnet", ["trainer.max_steps=10", "lesions.mu0=[0.45,0.75]", "model.members=3"])
+    assert cfg.trainer.max_steps == 10 and list(cfg.lesions.mu0) == [0.45, 0.75] and cfg.model.members == 3
+
+
+def test_unknown_override_key_is_an_error():
+    with pytest.raises(ConfigError, match="trainer.max_step"):
+        load_config("normnet", ["trainer.max_step=10"])
+
+
+def test_unknown_key_in_an_experiment_file_is_an_error(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("base: normnet\nlesions:\n  mu_0: [0.4, 0.8]\n")
+    with pytest.raises(ConfigError, match="mu_0"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lesions.mu0=[0.8,0.4]", "low <= high"),
+    ("postprocessing.k_d=8", "odd"),
+    ("target.kind=voxels", "tissue"),
+    ("data.slab=[32,256,256]", "in_plane_size"),
+    ("data.healthy=folder", "healthy_root"),
+])
+def test_bad_values_are_rejected_early(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("normnet", [override])
+
+
+def test_unknown_experiment_names_the_known_ones():
+    with pytest.raises(ConfigError, match="normnet_quick"):
+        load_config("nonexistent")

@@ -1,0 +1,52 @@
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from scipy import ndimage
+
+from lightning_normnet.postprocessing import dilate, mean_filter, postprocess
+
+CFG = OmegaConf.create({"tau": 0.33, "full_threshold": 0.0, "k_d": 9, "k_f": 7, "t_d": 0.2, "t_f": 0.15,
+                        "dilation_radius": 1, "dilation_shape": "ball"})
+
+
+def reference(volume, lung, healthy, cfg):
+    """Eq. 10 with scipy, as the paper describes it."""
+    bright = lung & ~healthy & (volume >= cfg.tau)
+    full = lung & ~healthy & (volume > cfg.full_threshold)
+    core = ndimage.uniform_filter(bright.astype(float), cfg.k_d, mode="constant") > cfg.t_d
+    extent = ndimage.uniform_filter(full.astype(float), cfg.k_f, mode="constant") > cfg.t_f
+    return ndimage.binary_dilation(core) & extent & lung
+
+
+def test_matches_scipy_reference_on_random_volumes():
+    rng = np.random.default_rng(0)
+    volume = rng.random((20, 30, 30)).astype(np.float32) * 0.6
+    lung = np.zeros(volume.shape, bool)
+    lung[2:18, 3:27, 3:27] = True
+    healthy = ndimage.gaussian_filter(rng.random(volume.shape), 2) > 0.5
+    ours = postprocess(torch.from_numpy(volume), torch.from_numpy(lung), torch.from_numpy(healthy), CFG)
+    expected = reference(volume, lung, healthy, CFG)
+    assert expected.any() and not expected.all()
+    np.testing.assert_array_equal(ours.numpy(), expected)
+
+
+def test_isolated_voxel_is_removed_and_a_lesion_grows_into_dim_voxels():
+    volume = torch.zeros(15, 15, 15)
+    lung = torch.ones(15, 15, 15, dtype=torch.bool)
+    healthy = torch.zeros_like(lung)
+    volume[2, 2, 2] = 0.5                 # lone bright voxel: mean 1/729 < t_d, dropped
+    volume[6:11, 6:11, 6:11] = 0.5        # a bright 5^3 lesion core: mean 125/729 = 0.171 at its centre
+    volume[6:11, 6:11, 5] = 0.1           # dim rim (HU < T) next to it
+    cfg = OmegaConf.merge(CFG, {"t_d": 0.15})
+    lesion = postprocess(volume, lung, healthy, cfg)
+    assert not lesion[2, 2, 2]
+    assert lesion[8, 8, 8]
+    assert mean_filter(volume >= 0.33, 9)[8, 8, 8].item() == torch.tensor(125 / 729).item()
+
+
+def test_dilation_elements():
+    point = torch.zeros(5, 5, 5, dtype=torch.bool)
+    point[2, 2, 2] = True
+    assert dilate(point, 1, "ball").sum() == 7        # the 6-neighbourhood: scipy's default element
+    assert dilate(point, 1, "cube").sum() == 27
+    assert dilate(point, 2, "ball").sum() == 33
