@@ -36,7 +36,7 @@ test-all: $(STAMP)       ## including the slow ones
 	$(BIN)/python -m pytest -q -m ""
 
 bench: $(STAMP)          ## lesion generator and post-processing vs a plain scipy reference
-	$(BIN)/python benchmarks/bench_generator_postprocessing.py $(ARGS)
+	$(BIN)/python -m benchmarks.bench_generator_postprocessing $(ARGS)
 
 clean:
 	rm -rf $(VENV) cache runs wandb

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .config import ConfigError, load_config, validate
+from .config import ConfigError, config_from_checkpoint, load_config
 from .io import InputError
 
 
@@ -93,10 +93,7 @@ def load_ensemble(checkpoints: list[str], overrides: list[str], device):
         if not Path(path).is_file():
             raise InputError(f"{path}: checkpoint not found.")
         models.append(NormNet.load_from_checkpoint(path, map_location=device, weights_only=False))
-    cfg = models[0].cfg
-    OmegaConf.set_struct(cfg, True)
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    validate(cfg)
+    cfg = config_from_checkpoint(models[0].hparams["config"], overrides)
     ensemble = models[0]
     ensemble.cfg = cfg
     ensemble.members = torch.nn.ModuleList([member for model in models for member in model.members])
@@ -197,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "checkpoint"):   # `--checkpoint a.ckpt b.ckpt key=value`: nargs='+' also took the overrides
+        args.overrides = [c for c in args.checkpoint if "=" in c] + args.overrides
+        args.checkpoint = [c for c in args.checkpoint if "=" not in c]
     try:
         return args.func(args)
     except (ConfigError, InputError) as err:

@@ -64,6 +64,21 @@ def load_config(experiment: str, overrides: list[str] | tuple[str, ...] = ()) ->
     return conf
 
 
+def config_from_checkpoint(saved: dict, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """A checkpoint's config over today's defaults (keys added since get their default), plus overrides."""
+    conf = _load_chain(resolve_experiment("normnet"))
+    try:
+        conf = OmegaConf.merge(conf, saved)
+    except ConfigKeyError as err:
+        raise ConfigError(f"checkpoint config key {err.full_key!r} is unknown to this version.") from None
+    try:
+        conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+    except ConfigKeyError as err:
+        raise ConfigError(f"unknown configuration key {err.full_key!r} in the overrides.") from None
+    validate(conf)
+    return conf
+
+
 def _check_range(conf: DictConfig, key: str, low_bound: float = 0.0) -> None:
     value = OmegaConf.select(conf, key)
     if len(value) != 2 or value[0] > value[1] or value[0] < low_bound:

@@ -107,7 +107,7 @@ def prepare_volume(image: sitk.Image, lung: sitk.Image, cfg: DictConfig, lesion:
     if lesion is not None:
         lesion_array = sitk.GetArrayFromImage(resample(reorient(lesion, cfg.orientation), cfg.spacing, True)) > 0
     thorax = window(sitk.GetArrayViewFromImage(image), *cfg.window) * lung_array
-    if training and cfg.edge_removal.enabled:
+    if cfg.edge_removal.enabled and (training or cfg.edge_removal.at_inference):
         lung_array = remove_erroneous_edges(thorax, lung_array, cfg.edge_removal.threshold,
                                             cfg.edge_removal.boundary_width, cfg.edge_removal.min_fraction)
         thorax = thorax * lung_array

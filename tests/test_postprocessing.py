@@ -3,19 +3,11 @@ import torch
 from omegaconf import OmegaConf
 from scipy import ndimage
 
+from benchmarks.reference import postprocess_reference
 from lightning_normnet.postprocessing import dilate, mean_filter, postprocess
 
 CFG = OmegaConf.create({"tau": 0.33, "full_threshold": 0.0, "k_d": 9, "k_f": 7, "t_d": 0.2, "t_f": 0.15,
                         "dilation_radius": 1, "dilation_shape": "ball"})
-
-
-def reference(volume, lung, healthy, cfg):
-    """Eq. 10 with scipy, as the paper describes it."""
-    bright = lung & ~healthy & (volume >= cfg.tau)
-    full = lung & ~healthy & (volume > cfg.full_threshold)
-    core = ndimage.uniform_filter(bright.astype(float), cfg.k_d, mode="constant") > cfg.t_d
-    extent = ndimage.uniform_filter(full.astype(float), cfg.k_f, mode="constant") > cfg.t_f
-    return ndimage.binary_dilation(core) & extent & lung
 
 
 def test_matches_scipy_reference_on_random_volumes():
@@ -25,7 +17,7 @@ def test_matches_scipy_reference_on_random_volumes():
     lung[2:18, 3:27, 3:27] = True
     healthy = ndimage.gaussian_filter(rng.random(volume.shape), 2) > 0.5
     ours = postprocess(torch.from_numpy(volume), torch.from_numpy(lung), torch.from_numpy(healthy), CFG)
-    expected = reference(volume, lung, healthy, CFG)
+    expected = postprocess_reference(volume, lung, healthy, CFG)
     assert expected.any() and not expected.all()
     np.testing.assert_array_equal(ours.numpy(), expected)
 
