@@ -46,9 +46,16 @@ def _trainer(cfg, run_dir: Path, callbacks: list, **overrides):
 
 
 def _run_dir(cfg, kind: str) -> Path:
-    run_dir = Path(cfg.output_dir) / cfg.name / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=False)
+    """runs/<name>/<kind>-<time>, one folder for all ranks: DDP children inherit NORMNET_RUN_DIR,
+    SLURM tasks share the job id."""
+    inherited = os.environ.get("NORMNET_RUN_DIR")
+    if inherited:
+        return Path(inherited)
+    stamp = os.environ.get("SLURM_JOB_ID") or time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.output_dir) / cfg.name / f"{kind}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok="SLURM_JOB_ID" in os.environ)
     OmegaConf.save(cfg, run_dir / "config.yaml")
+    os.environ["NORMNET_RUN_DIR"] = str(run_dir)
     return run_dir
 
 
@@ -64,7 +71,6 @@ def train(args) -> int:
     cfg = load_config(args.experiment, args.overrides)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = HealthyCTDataModule(cfg)
-    datamodule.prepare_data()
     run_dir = _run_dir(cfg, "train")
     evaluation = EnsembleEvaluation(run_dir, cfg.logging.overlays)
     interval = min(cfg.trainer.val_check_interval, cfg.trainer.max_steps)
@@ -134,7 +140,6 @@ def evaluate(args) -> int:
     evaluation = EnsembleEvaluation(run_dir, cfg.logging.overlays)
     trainer = _trainer(cfg, run_dir, [evaluation])
     datamodule = EvaluationDataModule(cfg)
-    datamodule.prepare_data()
     trainer.validate(model, datamodule=datamodule)
     if trainer.is_global_zero:
         print(f"metrics: {run_dir / 'evaluation.md'}")
@@ -197,11 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "checkpoint"):   # `--checkpoint a.ckpt b.ckpt key=value`: nargs='+' also took the overrides
         args.overrides = [c for c in args.checkpoint if "=" in c] + args.overrides
         args.checkpoint = [c for c in args.checkpoint if "=" not in c]
+    launched_by_parent = "NORMNET_RUN_DIR" in os.environ
     try:
         return args.func(args)
     except (ConfigError, InputError) as err:
         print(f"normnet {args.command}: {err}", file=sys.stderr)
         return 2
+    finally:
+        if not launched_by_parent:
+            os.environ.pop("NORMNET_RUN_DIR", None)
 
 
 if __name__ == "__main__":

@@ -52,25 +52,23 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
 
 def load_config(experiment: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Load an experiment by name or path and apply `key.sub=value` overrides."""
-    conf = _load_chain(resolve_experiment(experiment))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value.")
-    try:
-        conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
-    except ConfigKeyError as err:
-        raise ConfigError(f"unknown configuration key {err.full_key!r} in the overrides.") from None
-    validate(conf)
-    return conf
+    return apply_overrides(_load_chain(resolve_experiment(experiment)), overrides)
 
 
 def config_from_checkpoint(saved: dict, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """A checkpoint's config over today's defaults (keys added since get their default), plus overrides."""
-    conf = _load_chain(resolve_experiment("normnet"))
     try:
-        conf = OmegaConf.merge(conf, saved)
+        conf = OmegaConf.merge(_load_chain(resolve_experiment("normnet")), saved)
     except ConfigKeyError as err:
         raise ConfigError(f"checkpoint config key {err.full_key!r} is unknown to this version.") from None
+    return apply_overrides(conf, overrides)
+
+
+def apply_overrides(conf: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """Merge `key.sub=value` items into a struct config and validate the result."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value.")
     try:
         conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
     except ConfigKeyError as err:

@@ -1,10 +1,11 @@
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 from scipy import ndimage
 
 from benchmarks.reference import postprocess_reference
-from lightning_normnet.postprocessing import dilate, mean_filter, postprocess
+from lightning_normnet.postprocessing import dilate, mean_filter, postprocess, structuring_element
 
 CFG = OmegaConf.create({"tau": 0.33, "full_threshold": 0.0, "k_d": 9, "k_f": 7, "t_d": 0.2, "t_f": 0.15,
                         "dilation_radius": 1, "dilation_shape": "ball"})
@@ -33,7 +34,7 @@ def test_isolated_voxel_is_removed_and_a_lesion_grows_into_dim_voxels():
     lesion = postprocess(volume, lung, healthy, cfg)
     assert not lesion[2, 2, 2]
     assert lesion[8, 8, 8]
-    assert mean_filter(volume >= 0.33, 9)[8, 8, 8].item() == torch.tensor(125 / 729).item()
+    assert mean_filter(volume >= 0.33, 9)[8, 8, 8].item() == pytest.approx(125 / 729, rel=1e-6)
 
 
 def test_dilation_elements():
@@ -42,3 +43,19 @@ def test_dilation_elements():
     assert dilate(point, 1, "ball").sum() == 7        # the 6-neighbourhood: scipy's default element
     assert dilate(point, 1, "cube").sum() == 27
     assert dilate(point, 2, "ball").sum() == 33
+
+
+def test_dilation_equals_scipy_for_balls_and_cubes():
+    mask = torch.rand(12, 14, 16, generator=torch.Generator().manual_seed(1)) > 0.97
+    for radius in (1, 2, 3):
+        for shape in ("ball", "cube"):
+            element = structuring_element(radius, shape).numpy()
+            expected = ndimage.binary_dilation(mask.numpy(), structure=element)
+            np.testing.assert_array_equal(dilate(mask, radius, shape).numpy(), expected)
+
+
+def test_mean_filter_equals_scipy():
+    mask = torch.rand(2, 10, 12, 9, generator=torch.Generator().manual_seed(2)) > 0.6
+    for kernel in (3, 7, 9):
+        expected = np.stack([ndimage.uniform_filter(m.astype(float), kernel, mode="constant") for m in mask.numpy()])
+        np.testing.assert_allclose(mean_filter(mask, kernel).numpy(), expected, atol=1e-6)
