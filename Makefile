@@ -38,5 +38,9 @@ test-all: $(STAMP)       ## including the slow ones
 bench: $(STAMP)          ## lesion generator and post-processing vs a plain scipy reference
 	$(BIN)/python -m benchmarks.bench_generator_postprocessing $(ARGS)
 
+lint: $(STAMP)
+	$(BIN)/pip install --quiet ruff
+	$(BIN)/ruff check lightning_normnet datamodules callbacks tests benchmarks
+
 clean:
 	rm -rf $(VENV) cache runs wandb

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 import torch.distributed as dist
 from PIL import Image
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from lightning_normnet.datasets import INDEX, discover_cases, grid_key, prepare_cases
+from lightning_normnet.phantom import VERSION as PHANTOM_VERSION
 from lightning_normnet.phantom import write_phantom_dataset
 
 PHANTOM_SEEDS = {"healthy": 1000, "test": 5000}
@@ -21,7 +22,7 @@ def raw_root(cfg: DictConfig, role: str, name: str) -> Path:
     """The folder holding the raw volumes of a dataset (the phantom's is generated on first use)."""
     if name == "phantom":
         ph = cfg.data.phantom
-        tag = f"{'x'.join(str(s) for s in ph.size)}-{'x'.join(f'{s:g}' for s in ph.spacing)}"
+        tag = f"v{PHANTOM_VERSION}-{'x'.join(str(s) for s in ph.size)}-{'x'.join(f'{s:g}' for s in ph.spacing)}"
         root = Path(cfg.data.cache_dir) / "phantom" / tag / role
         count = ph.healthy_volumes if role == "healthy" else ph.covid_volumes
         return write_phantom_dataset(root, count, PHANTOM_SEEDS[role], ph.size, ph.spacing, covid=role == "test")

@@ -37,7 +37,7 @@ def synthesize(healthy: torch.Tensor, lung: torch.Tensor, lam, cfg: DictConfig,
     lesion = torch.zeros_like(lung)
     if ellipsoids is None:
         return image, lesion
-    voxels, ellipsoid_of_voxel = _render(ellipsoids, lung.shape[2:], batch, cfg)
+    voxels, ellipsoid_of_voxel = _render(ellipsoids, lung.shape[2:])
     voxels, blobs = _merge_blobs(voxels, ellipsoid_of_voxel, len(ellipsoids["batch"]))
     in_lung = lung.view(-1)[voxels]
     voxels, blobs = voxels[in_lung], blobs[in_lung]
@@ -85,14 +85,13 @@ def _sample_ellipsoids(sampler: _Sampler, lung: torch.Tensor, lam: torch.Tensor,
     n_large = (sampler.uniform(lam.shape, 0.0, 1.0) < cfg.large_probability * count_lam).long()
     has_lung = lung.flatten(1).any(1)
     classes = []
-    for counts, (lo, hi), name in ((n_small, cfg.small_semi_axes, "small"),
-                                   (n_medium, cfg.medium_semi_axes, "medium"),
-                                   (n_large, cfg.large_semi_axes, "large")):
+    for counts, (lo, hi) in ((n_small, cfg.small_semi_axes), (n_medium, cfg.medium_semi_axes),
+                             (n_large, cfg.large_semi_axes)):
         counts = counts * has_lung
         batch = torch.repeat_interleave(torch.arange(len(counts), device=lung.device), counts)
         semi = sampler.uniform((len(batch), 3), lo * scale, hi * scale)
-        classes.append((name, batch, semi, hi * scale))
-    batch = torch.cat([c[1] for c in classes])
+        classes.append((batch, semi, hi * scale))
+    batch = torch.cat([c[0] for c in classes])
     total = len(batch)
     if total == 0:
         return None
@@ -105,7 +104,7 @@ def _sample_ellipsoids(sampler: _Sampler, lung: torch.Tensor, lam: torch.Tensor,
         centres[rows] = voxels[pick].float()
     rotation = random_rotations(sampler, total) if cfg.rotation else \
         torch.eye(3, device=lung.device).expand(total, 3, 3)
-    semi = torch.cat([c[2] for c in classes])
+    semi = torch.cat([c[1] for c in classes])
     grid = cfg.elastic_grid
     if cfg.elastic:
         magnitude = sampler.uniform((total, 1, 1, 1, 1), *cfg.elastic_magnitude) * semi.mean(1).view(-1, 1, 1, 1, 1)
@@ -113,13 +112,13 @@ def _sample_ellipsoids(sampler: _Sampler, lung: torch.Tensor, lam: torch.Tensor,
     else:
         coarse = torch.zeros(total, 3, grid, grid, grid, device=lung.device)
     max_margin = 1.0 + 2.0 * (cfg.elastic_magnitude[1] if cfg.elastic else 0.0)
-    size_class = torch.cat([torch.full((len(c[1]),), i, device=lung.device) for i, c in enumerate(classes)])
-    reach = [math.ceil(c[3] * max_margin) for c in classes]
+    size_class = torch.cat([torch.full((len(c[0]),), i, device=lung.device) for i, c in enumerate(classes)])
+    reach = [math.ceil(c[2] * max_margin) for c in classes]
     return {"batch": batch, "centre": centres, "semi": semi, "rotation": rotation, "coarse": coarse,
             "size_class": size_class, "reach": reach}
 
 
-def _render(ell: dict, spatial: tuple[int, int, int], batch_size: int, cfg: DictConfig):
+def _render(ell: dict, spatial: tuple[int, int, int]):
     """Flat indices (into B*D*H*W) of every voxel inside every ellipsoid, with the ellipsoid's id."""
     device = ell["centre"].device
     depth, height, width = spatial
@@ -253,7 +252,7 @@ def _paint_textures(sampler: _Sampler, image: torch.Tensor, voxels: torch.Tensor
         local = group_voxels - b * volume
         zyx = torch.stack([local // plane, (local % plane) // width, local % width], 1)
         lo, hi = zyx.min(0).values.tolist(), (zyx.max(0).values + 1).tolist()
-        box = [h - l for l, h in zip(lo, hi)]
+        box = [end - begin for begin, end in zip(lo, hi)]
         blob = torch.zeros((1, 1, *box), dtype=torch.bool, device=image.device)
         rel = zyx - torch.tensor(lo, device=image.device)
         blob[0, 0, rel[:, 0], rel[:, 1], rel[:, 2]] = True

@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from .io import write_image
 
+VERSION = 2  # bump when the recipe changes: cached phantoms are keyed by it
 AIR, FAT, SOFT, BONE, PARENCHYMA, BLOOD, AIRWAY_WALL = -1000.0, -100.0, 40.0, 500.0, -860.0, 40.0, -150.0
 
 
@@ -41,7 +42,7 @@ class _Canvas:
         return np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(self.shape, self.spacing)],
                            indexing="ij", sparse=True)
 
-    def capsule(self, target: np.ndarray, p0, p1, radius: float, value) -> None:
+    def capsule(self, target: np.ndarray, p0, p1, radius: float, value: float, brighten_only: bool = False) -> None:
         lo = np.floor((np.minimum(p0, p1) - radius) / self.spacing).astype(int).clip(0, self.shape)
         hi = np.ceil((np.maximum(p0, p1) + radius) / self.spacing).astype(int).clip(0, self.shape)
         if (hi <= lo).any():
@@ -51,12 +52,9 @@ class _Canvas:
         seg = np.asarray(p1) - np.asarray(p0)
         t = np.clip(((pts - p0) @ seg) / max(seg @ seg, 1e-9), 0, 1)
         dist = np.linalg.norm(pts - (np.asarray(p0) + t[..., None] * seg), axis=-1)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        region = target[tuple(slice(a, b) for a, b in zip(lo, hi))]
         inside = dist <= radius
-        if callable(value):
-            value(box, inside, dist)
-        else:
-            target[box][inside] = value
+        region[inside] = np.maximum(region[inside], value) if brighten_only else value
 
 
 def _tree(rng, lung: np.ndarray, canvas: _Canvas, start, direction, radius, length, depth, segments) -> None:
@@ -129,10 +127,8 @@ def make_chest(seed: int, size_xyz=(160, 160, 80), spacing_xyz=(2.0, 2.0, 3.0), 
         _tree(rng, lung, canvas, carina, np.array([-0.5, 0.0, side * 1.0]), radius=5.5, length=0.25 * lx * 2,
               depth=5, segments=airways)
 
-    def draw_airway(box, inside, dist, wall=1.2):
-        hu[box][inside] = np.maximum(hu[box][inside], AIRWAY_WALL)
     for p0, p1, r in airways:
-        canvas.capsule(hu, p0, p1, r + 1.2, draw_airway)
+        canvas.capsule(hu, p0, p1, r + 1.2, AIRWAY_WALL, brighten_only=True)
     for p0, p1, r in airways:
         canvas.capsule(hu, p0, p1, r, AIR)
 

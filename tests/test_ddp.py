@@ -6,7 +6,6 @@ four, so one volume is evaluated twice; the evaluation must still list three.
 import json
 
 import lightning as L
-import pytest
 from omegaconf import OmegaConf
 
 from callbacks.ensemble_evaluation import EnsembleEvaluation

@@ -2,7 +2,7 @@
 from lightning_normnet.cli import _run_dir
 
 
-def test_ddp_children_reuse_the_parents_folder(tiny_config, monkeypatch, tmp_path):
+def test_ddp_children_reuse_the_parents_folder(tiny_config, monkeypatch):
     monkeypatch.delenv("NORMNET_RUN_DIR", raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     first = _run_dir(tiny_config, "train")
