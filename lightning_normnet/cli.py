@@ -81,7 +81,7 @@ def train(args) -> int:
                        val_check_interval=interval, check_val_every_n_epoch=None)
     model = NormNet(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(model, datamodule=datamodule)
-    if not evaluation.history or evaluation.history[-1]["step"] != trainer.global_step:
+    if cfg.trainer.max_steps % interval:   # fit validated at multiples of the interval; add the last step
         trainer.validate(model, datamodule=datamodule)
     if trainer.is_global_zero:
         print(f"run folder: {run_dir}\ncheckpoint: {run_dir / 'checkpoints' / 'last.ckpt'}")

@@ -4,6 +4,9 @@ Three volumes on two ranks: Lightning's distributed sampler pads the set to
 four, so one volume is evaluated twice; the evaluation must still list three.
 """
 import json
+import os
+import subprocess
+import sys
 
 import lightning as L
 from omegaconf import OmegaConf
@@ -28,3 +31,19 @@ def test_each_volume_counted_once_with_two_processes(tmp_path, tiny_overrides):
     assert history[-1]["summary"]["phantom"]["dsc"][2] == 3
     rows = (tmp_path / "run" / "volumes.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3
+
+
+def test_ddp_training_from_the_command_line(tmp_path, tiny_overrides):
+    """`normnet train ... trainer.strategy=ddp`: Lightning relaunches the CLI for rank 1; one run folder,
+    every validation (steps 2, 4 and the final 5) lists each volume once."""
+    overrides = tiny_overrides + ["data.phantom.covid_volumes=3", "trainer.max_steps=5", "trainer.accelerator=cpu",
+                                  "trainer.devices=2", "trainer.strategy=ddp"]
+    env = {k: v for k, v in os.environ.items() if k != "NORMNET_RUN_DIR"}
+    done = subprocess.run([sys.executable, "-m", "lightning_normnet.cli", "train", "normnet_quick", *overrides],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = list((tmp_path / "runs" / "normnet_quick").iterdir())
+    assert len(runs) == 1
+    history = json.loads((runs[0] / "evaluation.json").read_text())
+    assert [entry["step"] for entry in history] == [2, 4, 5]
+    assert all([v["name"] for v in entry["volumes"]] == ["covid_000", "covid_001", "covid_002"] for entry in history)
