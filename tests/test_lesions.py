@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from scipy import ndimage
 
 from lightning_normnet.config import load_config
-from lightning_normnet.lesions import (_merge_blobs, _Sampler, _sample_ellipsoids, _texture_parameters,
+from lightning_normnet.lesions import (_merge_blobs, _Sampler, _sample_ellipsoids, _texture_parameters, blob_texture,
                                        discrete_uniform, gaussian_blur, scale_salt_noise, scale_to_range,
                                        synthesize)
 
@@ -152,3 +152,24 @@ def test_overlapping_ellipsoids_merge_into_one_blob():
     assert by_voxel[1] == by_voxel[4]              # ellipsoids 0 and 1 share voxel 3
     assert by_voxel[10] != by_voxel[1]             # ellipsoid 2 touches nothing
     assert by_voxel[20] == by_voxel[21] != by_voxel[10]
+
+
+def test_blob_texture_composes_eq2_to_eq8_as_written():
+    """The whole texture recipe recomputed independently (SciPy filters, the same random draws)."""
+    shape = (1, 1, 10, 14, 12)
+    blob = torch.zeros(shape, dtype=torch.bool)
+    blob[..., 2:8, 3:11, 2:10] = True
+    sigma_a, a_low, a_high, sigma_b, mu0 = 3.0, 0.05, 0.25, 1.2, 0.6
+    texture = blob_texture(sampler(9), blob, sigma_a, a_low, a_high, sigma_b, mu0, 0.2)
+
+    draws = sampler(9)
+    a1 = draws.uniform(shape, 0.0, 1.0)[0, 0].double().numpy()                                # a1 ~ U[0, 1]
+    a2 = ndimage.gaussian_filter(a1, sigma_a, mode="nearest", truncate=3.0)                    # Eq. 7
+    inside = blob[0, 0].numpy()
+    a = (a_high - a_low) * (a2 - a2[inside].min()) / (a2[inside].max() - a2[inside].min()) + a_low  # Eq. 8
+    b1 = (draws.uniform(shape, 0.0, 1.0)[0, 0].double().numpy() < a).astype(float)             # Eq. 2
+    b2 = ndimage.gaussian_filter(b1, sigma_b, mode="nearest", truncate=3.0)                    # Eq. 3
+    beta = mu0 / b2[inside & (b2 > 0.2)].mean()                                                 # Eq. 6
+    expected = np.clip(beta * b2, 0, 1) * inside                                                # Eq. 5
+    assert 0.05 < expected[inside].mean() < 1
+    np.testing.assert_allclose(texture[0, 0].numpy(), expected, atol=2e-4)

@@ -3,7 +3,10 @@
 Each member differs only in its seed: its own initial weights and its own
 synthetic lesions (made by the datamodule). The member losses (Dice + CE) are
 summed; Adam is element-wise, so one Adam over all members equals one per
-member. Validation runs the ensemble on whole labelled volumes and returns a
+member. With `model.activation_checkpointing` each member's forward is
+recomputed during the backward pass, so only one member's activations are held
+at a time (the whole ensemble in one DDP-compatible backward, at the cost of a
+second forward). Validation runs the ensemble on whole labelled volumes and returns a
 per-volume record for the evaluation callback.
 """
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 from monai.losses import DiceCELoss
+from torch.utils.checkpoint import checkpoint
 from monai.networks.nets import UNet
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -39,10 +43,16 @@ class NormNet(L.LightningModule):
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=self.cfg.model.dice_weight,
                                lambda_ce=self.cfg.model.ce_weight)
 
+    def member_loss(self, m: int, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.members[m](inputs), targets)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         total = 0.0
-        for m, member in enumerate(self.members):
-            loss = self.loss(member(batch["inputs"][m]), batch["targets"][m])
+        for m in range(len(self.members)):
+            if self.cfg.model.activation_checkpointing:
+                loss = checkpoint(self.member_loss, m, batch["inputs"][m], batch["targets"][m], use_reentrant=False)
+            else:
+                loss = self.member_loss(m, batch["inputs"][m], batch["targets"][m])
             self.log(f"train/loss_member{m}", loss, on_step=True, prog_bar=False)
             total = total + loss
         self.log("train/loss", total / len(self.members), on_step=True, prog_bar=True)
