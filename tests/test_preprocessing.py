@@ -3,7 +3,11 @@ import pytest
 import SimpleITK as sitk
 
 from lightning_normnet.config import load_config
+from lightning_normnet.io import read_ct
+from lightning_normnet.lungmask import lung_mask
 from lightning_normnet.preprocessing import crop_or_pad, prepare_volume, remove_erroneous_edges, window
+
+from .conftest import shared_data
 
 
 def test_window_maps_the_hu_range_to_unit_interval():
@@ -56,6 +60,18 @@ def test_restore_inverts_reorientation_and_crop_exactly():
 def test_restore_after_resampling_keeps_the_shape():
     cfg = load_config("normnet_quick").preprocessing          # 3.2 x 3.2 x 4 mm
     image, lung, truth = _box_chest((2.5, 2.0, 3.0))
-    restored = sitk.GetArrayFromImage(prepare_volume(image, lung, cfg).restore(
-        prepare_volume(image, lung, cfg).lung, image)).astype(bool)
+    prepared = prepare_volume(image, lung, cfg)
+    restored = sitk.GetArrayFromImage(prepared.restore(prepared.lung, image)).astype(bool)
     assert 2 * (restored & truth).sum() / (restored.sum() + truth.sum()) > 0.9
+
+
+def test_real_dicom_round_trip():
+    """A real DICOM series: lung mask -> model grid -> back onto the series' own grid."""
+    cfg = load_config("normnet_quick")
+    image = read_ct(shared_data("cip/ct-64Dicom"))
+    lung = lung_mask(image, cfg.lung_mask)
+    prepared = prepare_volume(image, lung, cfg.preprocessing)
+    back = prepared.restore(prepared.lung, image)
+    assert back.GetSize() == image.GetSize() and back.GetOrigin() == image.GetOrigin()
+    a, b = sitk.GetArrayFromImage(back).astype(bool), sitk.GetArrayFromImage(lung).astype(bool)
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
