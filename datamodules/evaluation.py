@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_normnet.datasets import load_index
 
-from .data_sources import prepared_dir
+from .data_sources import prepare_dataset, prepared_dir
 
 
 class LabelledVolumes(Dataset):
@@ -48,7 +48,7 @@ class EvaluationDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         for name in self.cfg.data.test:
-            prepared_dir(self.cfg, "test", name)
+            prepare_dataset(self.cfg, "test", name)
 
     def setup(self, stage: str) -> None:
         if self.volumes is None:

@@ -18,7 +18,7 @@ from lightning_normnet.datasets import largest_slab_lung, load_index
 from lightning_normnet.lesions import synthesize
 from lightning_normnet.targets import training_target
 
-from .data_sources import prepared_dir
+from .data_sources import prepare_dataset, prepared_dir
 from .evaluation import EvaluationDataModule
 
 
@@ -67,7 +67,7 @@ class HealthyCTDataModule(EvaluationDataModule):
         self.train_set: HealthySlabs | None = None
 
     def prepare_data(self) -> None:
-        prepared_dir(self.cfg, "healthy", self.cfg.data.healthy)
+        prepare_dataset(self.cfg, "healthy", self.cfg.data.healthy)
         super().prepare_data()
 
     def setup(self, stage: str) -> None:

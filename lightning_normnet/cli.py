@@ -147,7 +147,7 @@ def evaluate(args) -> int:
 
 
 def prepare(args) -> int:
-    from datamodules.data_sources import prepared_dir
+    from datamodules.data_sources import prepare_dataset
 
     from .datasets import discover_cases, prepare_cases
 
@@ -161,9 +161,9 @@ def prepare(args) -> int:
     if not args.experiment:
         raise ConfigError("prepare needs an EXPERIMENT or --input DIR --output DIR.")
     cfg = load_config(args.experiment, args.overrides)
-    print(f"healthy: {prepared_dir(cfg, 'healthy', cfg.data.healthy)}")
+    print(f"healthy: {prepare_dataset(cfg, 'healthy', cfg.data.healthy)}")
     for name in cfg.data.test:
-        print(f"test {name}: {prepared_dir(cfg, 'test', name)}")
+        print(f"test {name}: {prepare_dataset(cfg, 'test', name)}")
     return 0
 
 
