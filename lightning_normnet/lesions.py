@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 VOXEL_BUDGET = 1 << 24  # local-box voxels rendered at once
+CHUNK = 8                # ellipsoids rendered at once (sorted by size, so a chunk's box fits them all)
 
 
 def synthesize(healthy: torch.Tensor, lung: torch.Tensor, lam, cfg: DictConfig,
@@ -90,7 +91,7 @@ def _sample_ellipsoids(sampler: _Sampler, lung: torch.Tensor, lam: torch.Tensor,
         counts = counts * has_lung
         batch = torch.repeat_interleave(torch.arange(len(counts), device=lung.device), counts)
         semi = sampler.uniform((len(batch), 3), lo * scale, hi * scale)
-        classes.append((batch, semi, hi * scale))
+        classes.append((batch, semi))
     batch = torch.cat([c[0] for c in classes])
     total = len(batch)
     if total == 0:
@@ -107,44 +108,50 @@ def _sample_ellipsoids(sampler: _Sampler, lung: torch.Tensor, lam: torch.Tensor,
     semi = torch.cat([c[1] for c in classes])
     grid = cfg.elastic_grid
     if cfg.elastic:
-        magnitude = sampler.uniform((total, 1, 1, 1, 1), *cfg.elastic_magnitude) * semi.mean(1).view(-1, 1, 1, 1, 1)
-        coarse = sampler.normal((total, 3, grid, grid, grid)).clamp(-2, 2) * magnitude
+        magnitude = sampler.uniform((total,), *cfg.elastic_magnitude) * semi.mean(1)
+        coarse = sampler.normal((total, 3, grid, grid, grid)).clamp(-2, 2) * magnitude.view(-1, 1, 1, 1, 1)
     else:
+        magnitude = torch.zeros(total, device=lung.device)
         coarse = torch.zeros(total, 3, grid, grid, grid, device=lung.device)
-    max_margin = 1.0 + 2.0 * (cfg.elastic_magnitude[1] if cfg.elastic else 0.0)
+    # a voxel p can land inside only if |p_i| <= max semi-axis + the largest displacement (2 std per component)
+    reach = torch.ceil(semi.max(1).values + 2.0 * magnitude).long()
     size_class = torch.cat([torch.full((len(c[0]),), i, device=lung.device) for i, c in enumerate(classes)])
-    reach = [math.ceil(c[2] * max_margin) for c in classes]
     return {"batch": batch, "centre": centres, "semi": semi, "rotation": rotation, "coarse": coarse,
-            "size_class": size_class, "reach": reach}
+            "reach": reach, "size_class": size_class}
 
 
 def _render(ell: dict, spatial: tuple[int, int, int]):
-    """Flat indices (into B*D*H*W) of every voxel inside every ellipsoid, with the ellipsoid's id."""
+    """Flat indices (into B*D*H*W) of every voxel inside every ellipsoid, with the ellipsoid's id.
+
+    Ellipsoids are sorted by reach and rendered in chunks that share one local box, sized by the
+    chunk's largest reach, so small ellipsoids are never evaluated on a large ellipsoid's box.
+    """
     device = ell["centre"].device
     depth, height, width = spatial
     volume = depth * height * width
+    limits = torch.tensor(spatial, device=device)
+    order = torch.argsort(ell["reach"], descending=True)
+    reaches = ell["reach"][order].tolist()
     all_voxels, all_ids = [], []
-    for cls, reach in enumerate(ell["reach"]):
-        ids = (ell["size_class"] == cls).nonzero().squeeze(1)
-        if len(ids) == 0:
-            continue
-        half = [min(reach, n) for n in spatial]
+    start = 0
+    while start < len(order):
+        half = [min(reaches[start], n) for n in spatial]
+        box_voxels = (2 * half[0] + 1) * (2 * half[1] + 1) * (2 * half[2] + 1)
+        part = order[start:start + max(1, min(CHUNK, VOXEL_BUDGET // box_voxels))]
+        start += len(part)
         axes = [torch.arange(-h, h + 1, device=device, dtype=torch.float32) for h in half]
         offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (bz, by, bx, 3)
-        box = offsets.shape[:3]
-        chunk = max(1, VOXEL_BUDGET // offsets[..., 0].numel())
-        for part in ids.split(chunk):
-            displacement = F.interpolate(ell["coarse"][part], size=box, mode="trilinear", align_corners=True)
-            moved = offsets.unsqueeze(0) + displacement.permute(0, 2, 3, 4, 1)
-            body = torch.einsum("kzyxi,kij->kzyxj", moved, ell["rotation"][part])
-            inside = ((body / ell["semi"][part].view(-1, 1, 1, 1, 3)) ** 2).sum(-1) <= 1.0
-            coords = ell["centre"][part].long().view(-1, 1, 1, 1, 3) + offsets.long().unsqueeze(0)
-            limits = torch.tensor(spatial, device=device)
-            inside &= ((coords >= 0) & (coords < limits)).all(-1)
-            k, z, y, x = inside.nonzero().unbind(1)
-            c = coords[k, z, y, x]
-            all_voxels.append(ell["batch"][part][k] * volume + c[:, 0] * height * width + c[:, 1] * width + c[:, 2])
-            all_ids.append(part[k])
+        displacement = F.interpolate(ell["coarse"][part], size=offsets.shape[:3], mode="trilinear",
+                                     align_corners=True)
+        moved = offsets.unsqueeze(0) + displacement.permute(0, 2, 3, 4, 1)
+        body = torch.einsum("kzyxi,kij->kzyxj", moved, ell["rotation"][part])
+        inside = ((body / ell["semi"][part].view(-1, 1, 1, 1, 3)) ** 2).sum(-1) <= 1.0
+        k, z, y, x = inside.nonzero().unbind(1)
+        c = ell["centre"][part].long()[k] + offsets[z, y, x].long()
+        in_volume = ((c >= 0) & (c < limits)).all(1)
+        k, c = k[in_volume], c[in_volume]
+        all_voxels.append(ell["batch"][part][k] * volume + c[:, 0] * height * width + c[:, 1] * width + c[:, 2])
+        all_ids.append(part[k])
     return torch.cat(all_voxels), torch.cat(all_ids)
 
 

@@ -61,10 +61,11 @@ def dilate(mask: torch.Tensor, radius: int, shape: str = "ball") -> torch.Tensor
                 continue
             half = radius if shape == "cube" else int(rest ** 0.5)
             if half not in runs:
-                run = F.max_pool3d(x, (1, 1, 2 * half + 1), stride=1, padding=(0, 0, half))
-                runs[half] = F.pad(run, (0, 0, radius, radius, radius, radius))
-            shifted = runs[half][:, :, radius + dz:radius + dz + depth, radius + dy:radius + dy + height]
-            out = torch.maximum(out, shifted)
+                runs[half] = x if half == 0 else F.max_pool3d(x, (1, 1, 2 * half + 1), stride=1, padding=(0, 0, half))
+            # out[z, y] = max(out[z, y], run[z + dz, y + dy]) where both exist (zero beyond the border)
+            target = out[:, :, max(0, -dz):depth - max(0, dz), max(0, -dy):height - max(0, dy)]
+            source = runs[half][:, :, max(0, dz):depth - max(0, -dz), max(0, dy):height - max(0, -dy)]
+            torch.maximum(target, source, out=target)
     return (out > 0.5).reshape(mask.shape)
 
 
