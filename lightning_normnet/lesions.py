@@ -2,7 +2,8 @@
 
 Shapes: per volume N_s ~ F[5 lam, 10 lam] small and N_m ~ F[5 lam, 10 lam] medium
 ellipsoids and, with probability 0.2 lam, one large one; each is elastically
-deformed (a smooth random displacement field), randomly rotated and centred on a
+deformed (a smooth random displacement field: trilinear interpolation of a
+control grid spanning the ellipsoid), randomly rotated and centred on a
 random lung voxel. Ellipsoids are rendered in local boxes, batched per size class;
 overlapping ones are merged into blobs G_j by a union-find over the overlaps.
 Textures, per blob, in the blob's bounding box: a = scale(Gauss(U[0,1], sigma_a))
@@ -141,9 +142,7 @@ def _render(ell: dict, spatial: tuple[int, int, int]):
         start += len(part)
         axes = [torch.arange(-h, h + 1, device=device, dtype=torch.float32) for h in half]
         offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (bz, by, bx, 3)
-        displacement = F.interpolate(ell["coarse"][part], size=offsets.shape[:3], mode="trilinear",
-                                     align_corners=True)
-        moved = offsets.unsqueeze(0) + displacement.permute(0, 2, 3, 4, 1)
+        moved = offsets.unsqueeze(0) + elastic_displacement(ell["coarse"][part], axes, ell["reach"][part])
         body = torch.einsum("kzyxi,kij->kzyxj", moved, ell["rotation"][part])
         inside = ((body / ell["semi"][part].view(-1, 1, 1, 1, 3)) ** 2).sum(-1) <= 1.0
         k, z, y, x = inside.nonzero().unbind(1)
@@ -153,6 +152,26 @@ def _render(ell: dict, spatial: tuple[int, int, int]):
         all_voxels.append(ell["batch"][part][k] * volume + c[:, 0] * height * width + c[:, 1] * width + c[:, 2])
         all_ids.append(part[k])
     return torch.cat(all_voxels), torch.cat(all_ids)
+
+
+def elastic_displacement(coarse: torch.Tensor, axes: list[torch.Tensor], reach: torch.Tensor) -> torch.Tensor:
+    """Displacement (K, bz, by, bx, 3) at box offsets `axes` (z, y, x): each ellipsoid's (3, g, g, g) control
+    grid spans [-reach, reach] of its own, so its shape never depends on the box it is rendered in.
+
+    Trilinear interpolation as separable hat-function weights (align_corners semantics, constant beyond
+    the grid), contracted one axis at a time.
+    """
+    grid = coarse.shape[-1]
+    knots = torch.linspace(-1.0, 1.0, grid, device=coarse.device)
+
+    def weights(axis: torch.Tensor) -> torch.Tensor:                      # (K, n, g)
+        u = (axis.view(1, -1) / reach.view(-1, 1).float()).clamp(-1.0, 1.0)
+        return (1.0 - (u.unsqueeze(-1) - knots).abs() * (grid - 1) / 2.0).clamp_min(0.0)
+
+    wz, wy, wx = (weights(axis) for axis in axes)
+    t = torch.einsum("kxl,kcijl->kcijx", wx, coarse)
+    t = torch.einsum("kyj,kcijx->kciyx", wy, t)
+    return torch.einsum("kzi,kciyx->kzyxc", wz, t)
 
 
 def _merge_blobs(voxels: torch.Tensor, ids: torch.Tensor, count: int):

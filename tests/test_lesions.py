@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 from scipy import ndimage
 
 from lightning_normnet.config import load_config
-from lightning_normnet.lesions import (_merge_blobs, _Sampler, _sample_ellipsoids, _texture_parameters, blob_texture,
-                                       discrete_uniform, gaussian_blur, scale_salt_noise, scale_to_range,
-                                       synthesize)
+from lightning_normnet.lesions import (_merge_blobs, _render, _Sampler, _sample_ellipsoids, _texture_parameters,
+                                       blob_texture, discrete_uniform, gaussian_blur, scale_salt_noise,
+                                       scale_to_range, synthesize)
 
 
 def paper_cfg(**changes):
@@ -173,3 +173,14 @@ def test_blob_texture_composes_eq2_to_eq8_as_written():
     expected = np.clip(beta * b2, 0, 1) * inside                                                # Eq. 5
     assert 0.05 < expected[inside].mean() < 1
     np.testing.assert_allclose(texture[0, 0].numpy(), expected, atol=2e-4)
+
+
+def test_a_deformed_ellipsoid_does_not_depend_on_what_it_is_rendered_with():
+    lung = ball_lung()
+    ell = _sample_ellipsoids(sampler(5), lung, torch.tensor([1.0]), paper_cfg(length_scale=0.5))
+    voxels, ids = _render(ell, tuple(lung.shape[2:]))
+    smallest = int(torch.argmin(ell["reach"]))
+    alone = {key: value[smallest:smallest + 1] if torch.is_tensor(value) else value for key, value in ell.items()}
+    alone_voxels, _ = _render(alone, tuple(lung.shape[2:]))
+    assert torch.equal(torch.sort(alone_voxels).values, torch.sort(voxels[ids == smallest]).values)
+    assert len(alone_voxels) > 0
