@@ -83,6 +83,7 @@ def train(args) -> int:
     trainer.fit(model, datamodule=datamodule)
     if cfg.trainer.max_steps % interval:   # fit validated at multiples of the interval; add the last step
         trainer.validate(model, datamodule=datamodule)
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")   # the final weights, whatever the interval
     if trainer.is_global_zero:
         print(f"run folder: {run_dir}\ncheckpoint: {run_dir / 'checkpoints' / 'last.ckpt'}")
     return 0

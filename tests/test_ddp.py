@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import lightning as L
+import torch
 from omegaconf import OmegaConf
 
 from callbacks.ensemble_evaluation import EnsembleEvaluation
@@ -47,3 +48,5 @@ def test_ddp_training_from_the_command_line(tmp_path, tiny_overrides):
     history = json.loads((runs[0] / "evaluation.json").read_text())
     assert [entry["step"] for entry in history] == [2, 4, 5]
     assert all([v["name"] for v in entry["volumes"]] == ["covid_000", "covid_001", "covid_002"] for entry in history)
+    last = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 5                       # the final weights, not those of step 4
