@@ -27,3 +27,20 @@ def test_phantom_count_changes_the_phantom_set(tiny_config):
     tiny_config.data.phantom.covid_volumes = 3
     three = prepare_dataset(tiny_config, "test", "phantom")
     assert len(load_index(two)["cases"]) == 2 and len(load_index(three)["cases"]) == 3
+
+
+def test_file_lung_masks_are_read_from_lungs_folder(tmp_path, tiny_config):
+    """lung_mask.backend=file uses <root>/lungs/<case>.*: the phantom's true lungs, dense lesions included."""
+    import numpy as np
+
+    from datamodules.data_sources import prepared_dir
+
+    tiny_config.lung_mask.backend = "file"
+    tiny_config.preprocessing.edge_removal.at_inference = False   # it would cut lesions at the pleura too
+    out = prepare_dataset(tiny_config, "test", "phantom")
+    assert out == prepared_dir(tiny_config, "test", "phantom")
+    for case in load_index(out)["cases"]:
+        lung = np.load(out / case["name"] / "lung.npy")
+        lesion = np.load(out / case["name"] / "lesion.npy")
+        assert lung.any() and lesion.any()
+        assert (lesion & ~lung).sum() <= 0.02 * lesion.sum()     # nearest-neighbour resampling of both masks
