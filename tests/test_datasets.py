@@ -1,7 +1,9 @@
 """The prepared cache follows its folder: new scans are added, finished ones are not redone."""
 import shutil
 
-from datamodules.data_sources import prepare_dataset
+import numpy as np
+
+from datamodules.data_sources import prepare_dataset, prepared_dir
 from lightning_normnet.datasets import load_index
 from lightning_normnet.phantom import write_phantom_dataset
 
@@ -29,12 +31,8 @@ def test_phantom_count_changes_the_phantom_set(tiny_config):
     assert len(load_index(two)["cases"]) == 2 and len(load_index(three)["cases"]) == 3
 
 
-def test_file_lung_masks_are_read_from_lungs_folder(tmp_path, tiny_config):
+def test_file_lung_masks_are_read_from_lungs_folder(tiny_config):
     """lung_mask.backend=file uses <root>/lungs/<case>.*: the phantom's true lungs, dense lesions included."""
-    import numpy as np
-
-    from datamodules.data_sources import prepared_dir
-
     tiny_config.lung_mask.backend = "file"
     tiny_config.preprocessing.edge_removal.at_inference = False   # it would cut lesions at the pleura too
     out = prepare_dataset(tiny_config, "test", "phantom")
