@@ -20,13 +20,16 @@ from lightning_normnet.phantom import write_phantom_dataset
 PHANTOM_SEEDS = {"healthy": 1000, "test": 5000}
 
 
+def _phantom_count(cfg: DictConfig, role: str) -> int:
+    return cfg.data.phantom.healthy_volumes if role == "healthy" else cfg.data.phantom.covid_volumes
+
+
 def raw_root(cfg: DictConfig, role: str, name: str) -> Path:
     """The folder holding the raw volumes of a dataset; the phantom's depends on its settings."""
     if name == "phantom":
         ph = cfg.data.phantom
-        count = ph.healthy_volumes if role == "healthy" else ph.covid_volumes
         tag = (f"v{PHANTOM_VERSION}-{'x'.join(str(s) for s in ph.size)}-"
-               f"{'x'.join(f'{s:g}' for s in ph.spacing)}-n{count}")
+               f"{'x'.join(f'{s:g}' for s in ph.spacing)}-n{_phantom_count(cfg, role)}")
         return Path(cfg.data.cache_dir) / "phantom" / tag / role
     return Path(cfg.data.healthy_root if role == "healthy" else cfg.data.test_root)
 
@@ -42,8 +45,8 @@ def prepare_dataset(cfg: DictConfig, role: str, name: str) -> Path:
     root = raw_root(cfg, role, name)
     if name == "phantom":
         ph = cfg.data.phantom
-        count = ph.healthy_volumes if role == "healthy" else ph.covid_volumes
-        write_phantom_dataset(root, count, PHANTOM_SEEDS[role], ph.size, ph.spacing, covid=role == "test")
+        write_phantom_dataset(root, _phantom_count(cfg, role), PHANTOM_SEEDS[role], ph.size, ph.spacing,
+                              covid=role == "test")
     out = prepared_dir(cfg, role, name)
     prepare_cases(discover_cases(root), out, cfg, training=role == "healthy", description=f"prepare {role} {name}")
     return out

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_normnet.datasets import largest_slab_lung, load_index
+from lightning_normnet.datasets import largest_slab_lung, load_index, slab_lung_counts
 from lightning_normnet.lesions import synthesize
 from lightning_normnet.targets import training_target
 
@@ -32,12 +32,7 @@ class HealthySlabs(Dataset):
         self.m_max = largest_slab_lung(index, self.slab[0])
         if self.m_max == 0:
             raise ValueError(f"{folder}: no lung voxels in any prepared healthy volume.")
-        self.starts = []
-        for case in self.cases:
-            counts = np.asarray(case["lung_per_slice"])
-            depth = min(self.slab[0], len(counts))
-            window = np.convolve(counts, np.ones(depth, dtype=np.int64), mode="valid")
-            self.starts.append(np.flatnonzero(window > 0))
+        self.starts = [np.flatnonzero(slab_lung_counts(case, self.slab[0]) > 0) for case in self.cases]
 
     def __len__(self) -> int:
         return self.length

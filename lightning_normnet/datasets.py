@@ -128,11 +128,12 @@ def load_index(folder: str | Path) -> dict:
     return index
 
 
+def slab_lung_counts(case: dict, depth: int) -> np.ndarray:
+    """Lung voxels of every slab of `depth` slices (one per start slice; a thinner volume is one slab)."""
+    counts = np.asarray(case["lung_per_slice"], dtype=np.int64)
+    return np.convolve(counts, np.ones(min(depth, len(counts)), dtype=np.int64), mode="valid")
+
+
 def largest_slab_lung(index: dict, depth: int) -> int:
     """|M_max|: the most lung voxels any slab of `depth` slices holds over the training set."""
-    best = 0
-    for case in index["cases"]:
-        counts = np.asarray(case["lung_per_slice"], dtype=np.int64)
-        window = np.convolve(counts, np.ones(min(depth, len(counts)), dtype=np.int64), mode="valid")
-        best = max(best, int(window.max()))
-    return best
+    return max(int(slab_lung_counts(case, depth).max()) for case in index["cases"])

@@ -142,7 +142,7 @@ def make_chest(seed: int, size_xyz=(160, 160, 80), spacing_xyz=(2.0, 2.0, 3.0), 
 def _covid_lesions(rng, hu: np.ndarray, lung: np.ndarray, canvas: _Canvas) -> np.ndarray:
     """Peripheral, mostly posterior lesions: smooth random fields grown from seeds near the pleura."""
     depth_mm = ndimage.distance_transform_edt(lung, sampling=canvas.spacing)
-    _, y, _ = canvas.grid()
+    z, y, x = canvas.grid()
     posterior = np.broadcast_to(y / canvas.extent[1], lung.shape)
     candidates = np.argwhere(lung & (depth_mm > 3) & (depth_mm < 20) & (posterior > 0.5))
     if len(candidates) == 0:
@@ -153,7 +153,6 @@ def _covid_lesions(rng, hu: np.ndarray, lung: np.ndarray, canvas: _Canvas) -> np
     for _ in range(int(rng.integers(2, 6))):
         seed = candidates[rng.integers(len(candidates))] * canvas.spacing
         radius = rng.uniform(10, 35)
-        z, y, x = canvas.grid()
         dist = np.sqrt((z - seed[0]) ** 2 + (y - seed[1]) ** 2 + (x - seed[2]) ** 2)
         region = lung & ((1.0 - dist / radius) + 0.35 * shape_noise > 0.3)
         if not region.any():

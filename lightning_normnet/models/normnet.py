@@ -14,10 +14,10 @@ from __future__ import annotations
 import lightning as L
 import torch
 from monai.losses import DiceCELoss
-from torch.utils.checkpoint import checkpoint
 from monai.networks.nets import UNet
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..inference import EnsemblePrediction, predict_lesions
 from ..metrics import bright_voxel_metrics, segmentation_metrics
