@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +18,7 @@ import numpy as np
 import torch.distributed as dist
 from PIL import Image
 
+from lightning_normnet.io import write_text
 from lightning_normnet.metrics import format_table, summarize
 
 from .overlays import overlay_slice
@@ -74,8 +74,8 @@ class EnsembleEvaluation(L.Callback):
 
     def _write(self, records: list[dict], step: int, table: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_text(self.run_dir / "evaluation.json", json.dumps(_finite(self.history), indent=1))
-        _atomic_text(self.run_dir / "evaluation.md", table + "\n")
+        write_text(self.run_dir / "evaluation.json", json.dumps(_finite(self.history), indent=1))
+        write_text(self.run_dir / "evaluation.md", table + "\n")
         keys = list(records[0].keys()) if records else []
         new = not (self.run_dir / "volumes.csv").exists()
         with open(self.run_dir / "volumes.csv", "a", newline="") as handle:
@@ -105,9 +105,3 @@ def _finite(value):
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,19 +1,20 @@
-"""Where an experiment's data comes from: the phantom or a user's folder, prepared into the cache.
+"""Where an experiment's data comes from, and the prepared cache it is read from.
 
-`prepare_dataset(cfg, role, name)` generates the phantom's NIfTI files when
-needed and brings the prepared cache of a dataset up to date with its folder
-(finished cases are kept, new ones prepared, the index rewritten);
-`prepared_dir` only names that cache, for readers (every DDP rank).
+`prepare_dataset(cfg, role, name)` writes the phantom's NIfTI files when needed,
+lists a named set's cases (lightning_normnet.datasets), brings its cache up to
+date (finished cases kept, new ones prepared, the index rewritten) and prints
+what it loaded; `prepared_dir` only names that cache, for readers (every DDP rank).
 Roles: 'healthy' (training) and 'test' (labelled evaluation sets).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lightning_normnet.datasets import discover_cases, grid_key, prepare_cases
+from lightning_normnet.datasets import discover
+from lightning_normnet.datasets.cache import cache_folder, load_index, preparation_settings, prepare_cases
+from lightning_normnet.datasets.summary import format_summary, summary_row
 from lightning_normnet.phantom import VERSION as PHANTOM_VERSION
 from lightning_normnet.phantom import write_phantom_dataset
 
@@ -25,19 +26,26 @@ def _phantom_count(cfg: DictConfig, role: str) -> int:
 
 
 def raw_root(cfg: DictConfig, role: str, name: str) -> Path:
-    """The folder holding the raw volumes of a dataset; the phantom's depends on its settings."""
+    """The folder a dataset is read from: the phantom's depends on its settings; data.healthy_root and
+    data.test_root name the healthy set's and the test folder's; a named set's is datasets.<name>.root."""
     if name == "phantom":
         ph = cfg.data.phantom
         tag = (f"v{PHANTOM_VERSION}-{'x'.join(str(s) for s in ph.size)}-"
                f"{'x'.join(f'{s:g}' for s in ph.spacing)}-n{_phantom_count(cfg, role)}")
         return Path(cfg.data.cache_dir) / "phantom" / tag / role
-    return Path(cfg.data.healthy_root if role == "healthy" else cfg.data.test_root)
+    if role == "healthy" and cfg.data.healthy_root:
+        return Path(cfg.data.healthy_root)
+    if name == "folder":
+        return Path(cfg.data.test_root)
+    return Path(cfg.datasets[name].root)
+
+
+def _options(cfg: DictConfig, name: str):
+    return cfg.datasets[name] if name in cfg.datasets else {}
 
 
 def prepared_dir(cfg: DictConfig, role: str, name: str) -> Path:
-    root = raw_root(cfg, role, name)
-    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:6]
-    return Path(cfg.data.cache_dir) / grid_key(cfg) / f"{role}-{name}-{digest}"
+    return cache_folder(cfg, role, name, raw_root(cfg, role, name))
 
 
 def prepare_dataset(cfg: DictConfig, role: str, name: str) -> Path:
@@ -48,5 +56,13 @@ def prepare_dataset(cfg: DictConfig, role: str, name: str) -> Path:
         write_phantom_dataset(root, _phantom_count(cfg, role), PHANTOM_SEEDS[role], ph.size, ph.spacing,
                               covid=role == "test")
     out = prepared_dir(cfg, role, name)
-    prepare_cases(discover_cases(root), out, cfg, training=role == "healthy", description=f"prepare {role} {name}")
+    listing = discover(name, root, _options(cfg, name), role)
+    index = prepare_cases(listing, out, cfg, training=role == "healthy", description=f"prepare {role} {name}",
+                          settings=preparation_settings(cfg, role, name, root))
+    print(format_summary([summary_row(name, role, index)]))
     return out
+
+
+def dataset_summary(cfg: DictConfig, sources: list[tuple[str, str]]) -> list[list[str]]:
+    """Summary rows of prepared (role, name) sources."""
+    return [summary_row(name, role, load_index(prepared_dir(cfg, role, name))) for role, name in sources]

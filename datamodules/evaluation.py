@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_normnet.datasets import load_index
+from lightning_normnet.datasets.cache import load_index
 
 from .data_sources import prepare_dataset, prepared_dir
 

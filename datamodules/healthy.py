@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_normnet.datasets import largest_slab_lung, load_index, slab_lung_counts
+from lightning_normnet.datasets.cache import largest_slab_lung, load_index, slab_lung_counts
 from lightning_normnet.lesions import synthesize
 from lightning_normnet.targets import training_target
 
@@ -23,7 +23,8 @@ from .evaluation import EvaluationDataModule
 
 
 class HealthySlabs(Dataset):
-    """Item i: a reproducible random slab (seeded by seed and i) from a random healthy volume."""
+    """Item i: a reproducible random slab (seeded by seed and i), uniform over every lung-holding slab
+    position of the set, so a long scan weighs more than a short one (a LUNA16 run between nodules)."""
 
     def __init__(self, folder: str | Path, slab, length: int, seed: int):
         self.folder, self.slab, self.length, self.seed = Path(folder), tuple(slab), length, seed
@@ -33,14 +34,15 @@ class HealthySlabs(Dataset):
         if self.m_max == 0:
             raise ValueError(f"{folder}: no lung voxels in any prepared healthy volume.")
         self.starts = [np.flatnonzero(slab_lung_counts(case, self.slab[0]) > 0) for case in self.cases]
+        self.offsets = np.cumsum([len(s) for s in self.starts])
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng([self.seed, i])
-        c = int(rng.integers(len(self.cases)))
-        start = int(rng.choice(self.starts[c]))
+        position = int(np.random.default_rng([self.seed, i]).integers(self.offsets[-1]))
+        c = int(np.searchsorted(self.offsets, position, side="right"))
+        start = int(self.starts[c][position - (self.offsets[c - 1] if c else 0)])
         folder = self.folder / self.cases[c]["name"]
         depth = self.slab[0]
         image = np.load(folder / "image.npy", mmap_mode="r")[start:start + depth]

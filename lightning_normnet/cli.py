@@ -63,6 +63,7 @@ def train(args) -> int:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from callbacks.dataset_summary import DatasetSummary
     from callbacks.ensemble_evaluation import EnsembleEvaluation
     from datamodules.healthy import HealthyCTDataModule
 
@@ -77,7 +78,9 @@ def train(args) -> int:
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}",
                                   auto_insert_metric_name=False, save_last=True, every_n_train_steps=interval,
                                   save_top_k=-1)
-    trainer = _trainer(cfg, run_dir, [evaluation, checkpoints], max_steps=cfg.trainer.max_steps,
+    sources = [("healthy", cfg.data.healthy)] + [("test", name) for name in cfg.data.test]
+    trainer = _trainer(cfg, run_dir, [DatasetSummary(run_dir, cfg, sources), evaluation, checkpoints],
+                       max_steps=cfg.trainer.max_steps,
                        val_check_interval=interval, check_val_every_n_epoch=None)
     model = NormNet(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(model, datamodule=datamodule)
@@ -114,7 +117,7 @@ def _device():
 
 def predict(args) -> int:
     from .inference import predict_ct
-    from .io import write_image
+    from .io import write_image, write_text
 
     device = _device()
     model, cfg = load_ensemble(args.checkpoint, args.overrides, device)
@@ -123,23 +126,21 @@ def predict(args) -> int:
     print(f"lesion mask: {args.output} ({result.report['lesion_volume_ml']:.1f} mL lesion in "
           f"{result.report['lung_volume_ml']:.1f} mL lung, {result.report['percentage_of_infection']:.2f}%)")
     if args.report:
-        report = Path(args.report)
-        report.parent.mkdir(parents=True, exist_ok=True)
-        tmp = report.with_name(f".tmp-{report.name}")
-        tmp.write_text(json.dumps({**result.report, "checkpoints": args.checkpoint}, indent=1))
-        os.replace(tmp, report)
+        report = write_text(args.report, json.dumps({**result.report, "checkpoints": args.checkpoint}, indent=1))
         print(f"report: {report}")
     return 0
 
 
 def evaluate(args) -> int:
+    from callbacks.dataset_summary import DatasetSummary
     from callbacks.ensemble_evaluation import EnsembleEvaluation
     from datamodules.evaluation import EvaluationDataModule
 
     model, cfg = load_ensemble(args.checkpoint, args.overrides, "cpu")
     run_dir = _run_dir(cfg, "evaluate")
     evaluation = EnsembleEvaluation(run_dir, cfg.logging.overlays)
-    trainer = _trainer(cfg, run_dir, [evaluation])
+    summary = DatasetSummary(run_dir, cfg, [("test", name) for name in cfg.data.test])
+    trainer = _trainer(cfg, run_dir, [summary, evaluation])
     datamodule = EvaluationDataModule(cfg)
     trainer.validate(model, datamodule=datamodule)
     if trainer.is_global_zero:
@@ -150,13 +151,16 @@ def evaluate(args) -> int:
 def prepare(args) -> int:
     from datamodules.data_sources import prepare_dataset
 
-    from .datasets import discover_cases, prepare_cases
+    from .datasets import discover
+    from .datasets.cache import prepare_cases
 
     if args.input:
         if not args.output:
             raise ConfigError("prepare --input needs --output <cache folder>.")
         cfg = load_config(args.experiment or "normnet", args.overrides)
-        index = prepare_cases(discover_cases(args.input), args.output, cfg, training=not args.labelled)
+        role = "test" if args.labelled else "healthy"
+        index = prepare_cases(discover("folder", args.input, cfg.datasets.folder, role), args.output, cfg,
+                              training=not args.labelled)
         print(f"{len(index['cases'])} volumes prepared in {args.output}, {len(index['skipped'])} skipped")
         return 0
     if not args.experiment:
@@ -188,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True, help="mask file (.nii.gz, .nrrd, .mha)")
     p.add_argument("--report", help="JSON report: volumes, percentage of infection, per-slice counts")
-    p.add_argument("--lung-mask", help="lung mask file (with lung_mask.backend=file)")
+    p.add_argument("--lung-mask", help="lung mask file to use instead of computing one")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=predict)
     p = sub.add_parser("evaluate", help="score checkpoints on the labelled sets of data.test")

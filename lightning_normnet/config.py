@@ -13,6 +13,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from .datasets import HEALTHY_SETS, TEST_SETS
+
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
@@ -109,12 +111,22 @@ def validate(conf: DictConfig) -> None:
     if list(conf.data.slab[1:]) != list(conf.preprocessing.in_plane_size):
         raise ConfigError(f"data.slab in-plane {list(conf.data.slab[1:])} must equal "
                           f"preprocessing.in_plane_size {list(conf.preprocessing.in_plane_size)}.")
-    if conf.data.healthy not in ("phantom", "folder"):
-        raise ConfigError(f"data.healthy={conf.data.healthy!r} must be phantom or folder.")
+    _validate_datasets(conf)
+
+
+def _validate_datasets(conf: DictConfig) -> None:
+    if conf.data.healthy not in HEALTHY_SETS:
+        raise ConfigError(f"data.healthy={conf.data.healthy!r} must be one of {', '.join(HEALTHY_SETS)}.")
+    for name in conf.data.test:
+        if name not in TEST_SETS:
+            raise ConfigError(f"data.test entry {name!r} must be one of {', '.join(TEST_SETS)}.")
     if conf.data.healthy == "folder" and not conf.data.healthy_root:
         raise ConfigError("data.healthy=folder needs data.healthy_root=<folder of healthy scans>.")
+    if "folder" in conf.data.test and not conf.data.test_root:
+        raise ConfigError("data.test=[folder] needs data.test_root=<folder with images/ and lesions/>.")
+    healthy = conf.data.healthy
+    if healthy not in ("phantom", "folder") and not (conf.data.healthy_root or conf.datasets[healthy].root):
+        raise ConfigError(f"data.healthy={healthy} needs datasets.{healthy}.root (or data.healthy_root)=<its folder>.")
     for name in conf.data.test:
-        if name not in ("phantom", "folder"):
-            raise ConfigError(f"data.test entry {name!r} must be phantom or folder.")
-        if name == "folder" and not conf.data.test_root:
-            raise ConfigError("data.test=[folder] needs data.test_root=<folder with images/ and lesions/>.")
+        if name not in ("phantom", "folder") and not conf.datasets[name].root:
+            raise ConfigError(f"data.test entry {name!r} needs datasets.{name}.root=<its folder>.")

@@ -15,7 +15,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from omegaconf import DictConfig
 
-from .io import read_ct
+from .io import read_ct, read_mask
 from .lungmask import lung_mask
 from .postprocessing import postprocess
 from .preprocessing import prepare_volume
@@ -65,7 +65,8 @@ def predict_ct(members, path: str | Path, cfg: DictConfig, device: torch.device,
                lung_path: Path | None = None) -> CTPrediction:
     """Lesion mask and report for one CT (file or DICOM folder), in the input's own grid."""
     image = read_ct(path)
-    lung = lung_mask(image, cfg.lung_mask, lung_path, source=path)
+    supplied = read_mask(lung_path, image, "lung mask") if lung_path else None
+    lung = lung_mask(image, cfg.lung_mask, supplied, source=path)
     prepared = prepare_volume(image, lung, cfg.preprocessing, training=False)
     volume = torch.from_numpy(prepared.image)[None, None].to(device)
     lung_tensor = torch.from_numpy(prepared.lung)[None, None].to(device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,43 +59,124 @@ def read_image(path: str | Path) -> sitk.Image:
         raise InputError(f"{path}: cannot be read ({first_line}).") from None
 
 
-def read_ct(path: str | Path) -> sitk.Image:
-    """Read a CT volume as float32 HU; refuse images that carry no HU."""
+@dataclass(frozen=True)
+class Labels:
+    """How to read a label map: the values that are the structure, and every value the file may hold."""
+    foreground: tuple[int, ...]
+    known: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StoredWindow:
+    """A set that ships HU windowed to [low, high] and scaled to [0, top] instead of HU."""
+    low: float
+    high: float
+    top: float
+    undo: bool        # map such files back to HU; otherwise refuse them
+    option: str       # the config key that sets `undo`, named in the refusal
+
+
+@dataclass(frozen=True)
+class Header:
+    """Geometry of an image file without its voxels."""
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    def slice_index(self, point_mm) -> float:
+        """Continuous index along the third image axis (the slices) of a world point."""
+        rotation = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        local = rotation.T @ (np.asarray(point_mm, dtype=float) - np.asarray(self.origin))
+        return float(local[2] / self.spacing[2])
+
+
+def read_header(path: str | Path) -> Header:
+    """Size and geometry; a file's header only, a DICOM folder as a whole series."""
+    path = Path(path)
+    if path.is_dir():
+        image = read_image(path)
+        return Header(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder.")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"{path}: cannot be read (unreadable header).") from None
+    return Header(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
+def read_ct(path: str | Path, stored_window: StoredWindow | None = None) -> sitk.Image:
+    """Read a CT volume as float32 HU; refuse images that carry no HU, or map a known stored window back."""
     image = read_image(path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: expected a 3D single-channel CT volume, got "
                          f"{image.GetDimension()}D with {image.GetNumberOfComponentsPerPixel()} channels.")
     image = sitk.Cast(image, sitk.sitkFloat32)
-    check_hounsfield(sitk.GetArrayViewFromImage(image), path)
-    return image
+    array = sitk.GetArrayViewFromImage(image)
+    if looks_like_hounsfield(array):
+        return image
+    if stored_window is not None and _within(array, 0.0, stored_window.top):
+        w = stored_window
+        if not w.undo:
+            raise InputError(
+                f"{path}: holds HU windowed to [{w.low:g}, {w.high:g}] and scaled to 0-{w.top:g}, not HU; "
+                f"set {w.option}=true to map it back to HU (values outside the window stay clipped).")
+        return image * ((w.high - w.low) / w.top) + w.low
+    sample = array[:: max(1, array.shape[0] // 16)]
+    raise InputError(
+        f"{path}: values are not Hounsfield units (1st percentile {float(np.percentile(sample, 1.0)):.1f}, "
+        f"range [{float(array.min()):.1f}, {float(array.max()):.1f}]; air should be near -1000): "
+        "it looks windowed or rescaled.")
 
 
-def check_hounsfield(array: np.ndarray, path: str | Path) -> None:
+def looks_like_hounsfield(array: np.ndarray) -> bool:
     """A chest CT in HU holds air (about -1000 HU); windowed 0-255 or 0-1 images do not."""
     sample = array[:: max(1, array.shape[0] // 16)]
-    low = float(np.percentile(sample, 1.0))
-    if low > AIR_HU_CEILING:
-        raise InputError(
-            f"{path}: values are not Hounsfield units (1st percentile {low:.1f}, range "
-            f"[{float(array.min()):.1f}, {float(array.max()):.1f}]; air should be near -1000): "
-            "it looks windowed or rescaled.")
+    return float(np.percentile(sample, 1.0)) <= AIR_HU_CEILING
 
 
-def read_mask(path: str | Path, reference: sitk.Image, what: str = "mask") -> sitk.Image:
-    """Read a binary mask that must share the reference image's grid; > half its max is foreground."""
+def _within(array: np.ndarray, low: float, high: float) -> bool:
+    tolerance = 1e-3 * (high - low)
+    return float(array.min()) >= low - tolerance and float(array.max()) <= high + tolerance
+
+
+def read_mask(path: str | Path, reference: sitk.Image, what: str = "mask", labels: Labels | None = None,
+              header_from_reference: bool = False) -> sitk.Image:
+    """A binary mask on the reference image's grid.
+
+    With `labels`, the file is a label map whose values must all be known; the
+    foreground labels form the mask. Without, every non-zero voxel is foreground,
+    except in soft masks (non-integer values, e.g. a resampled 0-255 mask), which
+    are cut at half their nominal maximum (0.5 or 127.5). `header_from_reference`
+    accepts a mask whose header is wrong but whose size matches (UESTC labels).
+    """
     mask = read_image(path)
     same_size = mask.GetSize() == reference.GetSize()
-    same_space = (np.allclose(mask.GetSpacing(), reference.GetSpacing(), rtol=1e-3)
-                  and np.allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-2 * max(reference.GetSpacing()))
-                  and np.allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-3))
+    same_space = header_from_reference or (
+        np.allclose(mask.GetSpacing(), reference.GetSpacing(), rtol=1e-3)
+        and np.allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-2 * max(reference.GetSpacing()))
+        and np.allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-3))
     if not (same_size and same_space):
         raise InputError(
             f"{path}: {what} geometry differs from its image (size {mask.GetSize()} vs {reference.GetSize()}, "
             f"spacing {tuple(round(s, 3) for s in mask.GetSpacing())} vs "
             f"{tuple(round(s, 3) for s in reference.GetSpacing())}).")
     array = sitk.GetArrayViewFromImage(mask)
-    top = float(array.max())
-    binary = (array > top / 2) if top > 1 else (array > 0)
+    integer = bool(np.all(np.mod(array, 1) == 0))
+    if labels is not None:
+        values = np.unique(array)
+        unknown = [v.item() for v in values if v != 0 and v not in labels.known]
+        if not integer or unknown:
+            shown = unknown[:5] if integer else "non-integer values"
+            raise InputError(f"{path}: {what} holds {shown}, not among its known labels {list(labels.known)}.")
+        binary = np.isin(array, labels.foreground)
+    elif integer:
+        binary = array != 0
+    else:
+        binary = array > (127.5 if float(array.max()) > 1.5 else 0.5)
     out = sitk.GetImageFromArray(binary.astype(np.uint8))
     out.CopyInformation(reference)
     return out
@@ -103,6 +185,8 @@ def read_mask(path: str | Path, reference: sitk.Image, what: str = "mask") -> si
 def write_image(image: sitk.Image, path: str | Path) -> Path:
     """Write atomically: a temporary file beside the target, renamed when complete."""
     path = Path(path)
+    if path.suffix.lower() in (".mhd", ".nhdr"):
+        raise InputError(f"{path}: write a single-file format (.nii.gz, .nrrd, .mha), not a detached header.")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
@@ -123,6 +207,16 @@ def save_array(array: np.ndarray, path: Path) -> None:
     with open(tmp, "wb") as handle:
         np.save(handle, array)
     os.replace(tmp, path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (a temporary name beside it, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

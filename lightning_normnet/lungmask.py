@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from omegaconf import DictConfig
 from scipy import ndimage
 
-from .io import InputError, read_mask
+from .io import InputError
 
 
 def threshold_lung_mask(hu: np.ndarray, spacing_zyx: tuple[float, float, float], threshold_hu: float = -320.0,
@@ -68,12 +68,14 @@ def _bbox(mask: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-def lung_mask(image: sitk.Image, cfg: DictConfig, mask_path: Path | None = None, source: str | Path = "") -> sitk.Image:
-    """M' for a CT image (HU) with the configured backend, on the image's grid."""
-    if cfg.backend == "file":
-        if mask_path is None:
-            raise InputError(f"{source}: lung_mask.backend=file but no lung mask file was found for it.")
-        mask = read_mask(mask_path, image, what="lung mask")
+def lung_mask(image: sitk.Image, cfg: DictConfig, supplied: sitk.Image | None = None,
+              source: str | Path = "") -> sitk.Image:
+    """M' for a CT image (HU) on the image's grid: the supplied mask when there is one (read with
+    io.read_mask), else the configured backend."""
+    if supplied is not None:
+        mask = supplied
+    elif cfg.backend == "file":
+        raise InputError(f"{source}: lung_mask.backend=file but no lung mask file was found for it.")
     else:
         spacing_zyx = tuple(reversed(image.GetSpacing()))
         array = threshold_lung_mask(sitk.GetArrayViewFromImage(image), spacing_zyx, cfg.threshold_hu,
@@ -81,5 +83,5 @@ def lung_mask(image: sitk.Image, cfg: DictConfig, mask_path: Path | None = None,
         mask = sitk.GetImageFromArray(array.astype(np.uint8))
         mask.CopyInformation(image)
     if not sitk.GetArrayViewFromImage(mask).any():
-        raise InputError(f"{mask_path or source}: the lung mask is empty.")
+        raise InputError(f"{source}: the lung mask is empty.")
     return mask

@@ -8,7 +8,7 @@ a recipe unlike the training generator's (thresholded smooth random fields grown
 from seeds near the pleura, mostly posterior, as ground-glass opacity with the
 vessels still visible or as consolidation), so evaluation does not measure the
 generator against itself. `write_phantom_dataset` writes NIfTI in the layout
-`datasets.discover_cases` reads, with the true lung masks in lungs/ (used with
+the plain-folder reader (`datasets.folder`) reads, with the true lung masks in lungs/ (used with
 lung_mask.backend=file).
 """
 from __future__ import annotations

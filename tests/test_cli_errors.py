@@ -18,13 +18,13 @@ def test_unknown_override_on_the_command_line(capsys):
     assert "unknown configuration key 'trainer.max_stepz'" in capsys.readouterr().err
 
 
-def test_prepare_names_skipped_files(tmp_path, capsys):
+def test_prepare_names_skipped_files_and_refuses_an_empty_cache(tmp_path, capsys):
     images = tmp_path / "scans" / "images"
     windowed = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 255, (6, 32, 32)).astype(np.float32))
     write_image(windowed, images / "radiopaedia_1.nii.gz")
     (images / "broken.nii.gz").write_bytes(b"not an image")
-    assert main(["prepare", "--input", str(tmp_path / "scans"), "--output", str(tmp_path / "cache")]) == 0
-    out = capsys.readouterr().out
-    assert "radiopaedia_1.nii.gz: values are not Hounsfield units" in out
-    assert "broken.nii.gz: cannot be read" in out
-    assert "0 volumes prepared" in out
+    assert main(["prepare", "--input", str(tmp_path / "scans"), "--output", str(tmp_path / "cache")]) == 2
+    out, err = capsys.readouterr()
+    assert "skipped radiopaedia_1: " in out and "radiopaedia_1.nii.gz: values are not Hounsfield units" in out
+    assert "skipped broken: " in out and "broken.nii.gz: cannot be read" in out
+    assert "none of the 2 volumes listed could be used" in err

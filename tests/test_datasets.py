@@ -1,11 +1,18 @@
-"""The prepared cache follows its folder: new scans are added, finished ones are not redone."""
+"""The prepared cache: it follows its folder, resumes after an interruption, reads real scans, sums up."""
+import json
 import shutil
 
 import numpy as np
+import pytest
+import SimpleITK as sitk
 
 from datamodules.data_sources import prepare_dataset, prepared_dir
-from lightning_normnet.datasets import load_index
+from datamodules.healthy import HealthySlabs
+from lightning_normnet.datasets.cache import load_index
+from lightning_normnet.datasets.summary import format_summary, summary_row
 from lightning_normnet.phantom import write_phantom_dataset
+
+from .conftest import shared_data
 
 
 def test_cache_follows_the_folder(tmp_path, tiny_config):
@@ -42,3 +49,76 @@ def test_file_lung_masks_are_read_from_lungs_folder(tiny_config):
         lesion = np.load(out / case["name"] / "lesion.npy")
         assert lung.any() and lesion.any()
         assert (lesion & ~lung).sum() <= 0.02 * lesion.sum()     # nearest-neighbour resampling of both masks
+
+
+def test_real_scans_through_the_plain_folder_reader(tiny_config, capsys):
+    """../shared/data/cip as it is: two NRRD scans and a DICOM series folder are read; the two label
+    maps beside them are not CT in HU, and each is skipped with its reason."""
+    cip = shared_data("cip")
+    tiny_config.data.healthy, tiny_config.data.healthy_root = "folder", str(cip)
+    out = prepare_dataset(tiny_config, "healthy", "folder")
+    index = load_index(out)
+    assert [c["name"] for c in index["cases"]] == ["TestInput", "ct-64", "ct-64Dicom"]
+    assert {s["case"] for s in index["skipped"]} == {"lm-64", "wholeLung-64"}
+    assert all("not Hounsfield units" in s["reason"] for s in index["skipped"])
+    printed = capsys.readouterr().out
+    assert "skipped lm-64: " in printed and "| folder | healthy | 3 | 2 |" in printed
+    dicom, nrrd = index["cases"][2], index["cases"][1]
+    assert dicom["slices"] == nrrd["slices"] == 79 and dicom["shape"] == nrrd["shape"]
+
+
+def test_real_lung_masks_beside_their_scans(tmp_path, tiny_config):
+    """imlab-lung3d keeps <id>-msk.nii.gz (soft 0-255 masks) beside <id>.nii.gz: a lungs/ folder of links
+    with datasets.folder.lung_suffix=-msk makes them the file backend's masks."""
+    imlab = shared_data("imlab-lung3d")
+    for folder, pattern in (("images", "id00?-128x128x64.nii.gz"), ("lungs", "*-msk.nii.gz")):
+        (tmp_path / "imlab" / folder).mkdir(parents=True)
+        for path in imlab.glob(pattern):
+            (tmp_path / "imlab" / folder / path.name).symlink_to(path)
+    cfg = tiny_config
+    cfg.data.healthy, cfg.data.healthy_root = "folder", str(tmp_path / "imlab")
+    cfg.lung_mask.backend, cfg.datasets.folder.lung_suffix = "file", "-msk"
+    index = load_index(prepare_dataset(cfg, "healthy", "folder"))
+    assert [c["name"] for c in index["cases"]] == [f"id00{i}-128x128x64" for i in (1, 2, 3)]
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(imlab / "id001-128x128x64-msk.nii.gz")))
+    spacing = sitk.ReadImage(str(imlab / "id001-128x128x64.nii.gz")).GetSpacing()
+    assert index["cases"][0]["lung_ml"] == pytest.approx((reference > 127.5).sum() * np.prod(spacing) / 1000,
+                                                         abs=0.01)
+
+
+def test_interrupted_prepare_redoes_only_the_unfinished_case(tiny_config):
+    """A case folder without meta.json (the process died while writing it) is prepared again; finished
+    cases are not, and no temporary file is left."""
+    out = prepare_dataset(tiny_config, "healthy", "phantom")
+    done = (out / "healthy_000" / "meta.json").stat().st_mtime_ns
+    (out / "healthy_001" / "meta.json").unlink()
+    (out / "healthy_001" / "image.npy").write_bytes(b"half")
+    prepare_dataset(tiny_config, "healthy", "phantom")
+    assert (out / "healthy_000" / "meta.json").stat().st_mtime_ns == done
+    assert np.load(out / "healthy_001" / "image.npy").ndim == 3
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_summary_row_by_hand():
+    index = {"cases": [{"spacing": [0.7, 0.7, 1.0], "slices": 100, "lesion_ml": 10.0},
+                       {"spacing": [0.8, 0.8, 2.5], "slices": 60, "lesion_ml": 30.0}],
+             "skipped": [{"case": "x", "reason": "r"}]}
+    row = summary_row("coronacases", "test", index)
+    assert row == ["coronacases", "test", "2", "1", "0.70-0.80", "1.00-2.50", "160 (60-100)", "20.0 (10.0-30.0)"]
+    assert format_summary([row]).splitlines()[2] == "| " + " | ".join(row) + " |"
+
+
+def test_slabs_are_drawn_uniformly_over_positions(tmp_path):
+    """With slabs of 2 slices, case a has 5 lung-holding starts and case b one: b is drawn a sixth of the
+    time (uniform over positions), not half (uniform over cases)."""
+    folder = tmp_path / "prepared"
+    cases = [{"name": "a", "lung_per_slice": [5] * 6}, {"name": "b", "lung_per_slice": [0, 0, 0, 7]}]
+    for value, case in enumerate(cases):
+        (folder / case["name"]).mkdir(parents=True)
+        depth = len(case["lung_per_slice"])
+        np.save(folder / case["name"] / "image.npy", np.full((depth, 4, 4), value, np.float16))
+        np.save(folder / case["name"] / "lung.npy", np.ones((depth, 4, 4), bool))
+    (folder / "index.json").write_text(json.dumps({"cases": cases, "skipped": [], "training": True}))
+    slabs = HealthySlabs(folder, (2, 4, 4), 3000, seed=0)
+    from_b = np.array([float(slabs[i]["image"].max()) for i in range(3000)]) == 1.0
+    assert abs(from_b.mean() - 1 / 6) < 0.03

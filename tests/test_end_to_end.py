@@ -24,11 +24,14 @@ def test_train_validate_evaluate_predict_on_the_phantom(tmp_path, tiny_overrides
     assert list((run / "overlays").glob("step*/phantom_covid_000.png"))
     checkpoint = run / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
+    datasets = (run / "datasets.md").read_text().splitlines()
+    assert datasets[2].startswith("| phantom | healthy | 2 | 0 |") and datasets[3].startswith("| phantom | test | 2 |")
 
     assert main(["evaluate", "--checkpoint", str(checkpoint), str(checkpoint), *tiny_overrides[-2:],
                  "logging.wandb=false"]) == 0
     evaluation = _only("runs/normnet_quick/evaluate-*", tmp_path)
     assert len(json.loads((evaluation / "evaluation.json").read_text())[-1]["volumes"]) == 2
+    assert (evaluation / "datasets.md").read_text().splitlines()[2].startswith("| phantom | test | 2 |")
 
     scan = _only("cache/phantom/*/test/images/covid_001.nii.gz", tmp_path)
     mask_path, report_path = tmp_path / "out" / "mask.nrrd", tmp_path / "out" / "report.json"
@@ -54,3 +57,4 @@ def test_wandb_runs_offline_without_a_key(tmp_path, tiny_overrides, monkeypatch)
     run = _only("runs/normnet_quick/train-*", tmp_path)
     assert list((run / "wandb").glob("offline-run-*")), "expected an offline W&B run"
     assert list((run / "wandb").glob("offline-run-*/files/media/images/val/*.png"))
+    assert list((run / "wandb").glob("offline-run-*/files/media/table/datasets*.table.json"))

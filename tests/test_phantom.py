@@ -1,6 +1,6 @@
 import numpy as np
 
-from lightning_normnet.datasets import discover_cases
+from lightning_normnet.datasets import discover
 from lightning_normnet.io import read_ct, read_image
 from lightning_normnet.lungmask import threshold_lung_mask
 from lightning_normnet.phantom import make_chest, write_phantom_dataset
@@ -26,7 +26,7 @@ def test_covid_phantom_lesions_are_in_the_lung_and_denser_than_parenchyma():
 
 def test_written_layout_is_what_the_loaders_read(tmp_path):
     root = write_phantom_dataset(tmp_path / "covid", 2, 0, (48, 48, 20), (5.0, 5.0, 8.0), covid=True)
-    cases = discover_cases(root)
+    cases = discover("phantom", root, {}, "test").cases
     assert [c.name for c in cases] == ["covid_000", "covid_001"]
     assert all(c.lesion is not None and c.lung is not None for c in cases)
     image = read_ct(cases[0].image)

@@ -1,0 +1,143 @@
+"""The prepared cache: each case on the model grid, ready for training slabs and evaluation.
+
+A dataset's cache folder is named by a hash of the settings that change its
+arrays (`preparation_settings`: the pre-processing, the lung-mask backend, the
+set's reading options, the folder it came from), so runs with equal settings
+share it and a change never reads stale arrays. Per case: H (float16), M and the
+lesion mask as .npy beside a meta.json written last, so an interrupted
+`prepare` resumes where it stopped; index.json lists the cases and what was
+skipped, and is rewritten (atomically) each time the folder is brought up to date.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import track
+
+from ..io import InputError, read_ct, read_mask, save_array, write_text
+from ..lungmask import lung_mask
+from ..preprocessing import prepare_volume
+from .cases import Case, Listing
+
+INDEX = "index.json"
+SETTINGS = "settings.json"
+VERSION = 2   # bump when preparation changes what it writes for equal settings
+# Options that only choose which cases a set lists; they do not change any case's arrays.
+LISTING_OPTIONS = {"exclude", "max_z_spacing_mm", "expert_only", "subsets", "remove_nodule_slices",
+                   "nodule_margin_mm", "root"}
+
+
+def preparation_settings(cfg: DictConfig, role: str, name: str, root: Path) -> dict:
+    """Everything that changes the prepared arrays of dataset `name` in `role`."""
+    pre, edges, lung = cfg.preprocessing, cfg.preprocessing.edge_removal, cfg.lung_mask
+    removes_edges = edges.enabled and (role == "healthy" or edges.at_inference)
+    lung_keys = ("backend",) if lung.backend == "file" else (
+        "backend", "threshold_hu", "closing_radius_mm", "min_second_fraction")
+    options = OmegaConf.to_container(cfg.datasets[name]) if name in cfg.datasets else {}
+    return {
+        "version": VERSION, "dataset": name, "role": role, "root": str(Path(root).resolve()),
+        "spacing": list(pre.spacing), "orientation": pre.orientation, "window": list(pre.window),
+        "in_plane_size": list(pre.in_plane_size),
+        "edge_removal": {k: edges[k] for k in ("threshold", "boundary_width", "min_fraction")}
+        if removes_edges else None,
+        "lung_mask": {k: lung[k] for k in lung_keys},
+        "reading": {k: v for k, v in options.items() if k not in LISTING_OPTIONS},
+    }
+
+
+def cache_folder(cfg: DictConfig, role: str, name: str, root: Path) -> Path:
+    settings = preparation_settings(cfg, role, name, root)
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    spacing = "x".join(f"{s:g}" for s in cfg.preprocessing.spacing)
+    return Path(cfg.data.cache_dir) / f"{spacing}mm" / f"{role}-{name}-{digest}"
+
+
+def prepare_cases(listing: Listing, out_dir: str | Path, cfg: DictConfig, training: bool,
+                  description: str = "prepare", settings: dict | None = None) -> dict:
+    """Bring `out_dir` up to date with the listed cases (finished ones are kept); return the index.
+    Every skipped case is printed in one line saying why."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if settings is not None:
+        _write_json(out_dir / SETTINGS, settings)
+    for skip in listing.skipped:
+        print(f"skipped {skip['case']}: {skip['reason']}")
+    entries, skipped = [], list(listing.skipped)
+    for case in track(listing.cases, description=description, transient=True):
+        try:
+            entries.append(_prepare_case(case, out_dir / case.name, cfg, training))
+        except InputError as err:
+            skipped.append({"case": case.name, "reason": str(err)})
+            print(f"skipped {case.name}: {err}")
+    index = {"cases": entries, "skipped": skipped, "training": training}
+    _write_json(out_dir / INDEX, index)
+    if not entries:
+        raise InputError(f"{out_dir}: none of the {len(skipped)} volumes listed could be used (see the lines above).")
+    return index
+
+
+def _prepare_case(case: Case, folder: Path, cfg: DictConfig, training: bool) -> dict:
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        return json.loads(meta_path.read_text())
+    image = read_ct(case.image, case.stored_window)
+    lesion = lung = None
+    if case.lesion:
+        lesion = read_mask(case.lesion, image, "lesion mask", case.lesion_labels, case.mask_header_from_image)
+    if not training and lesion is None:
+        raise InputError(f"{case.image}: evaluation case has no lesion mask.")
+    if cfg.lung_mask.backend == "file" and case.lung:
+        lung = read_mask(case.lung, image, "lung mask", case.lung_labels, case.mask_header_from_image)
+    if case.slices is not None:
+        start, stop = case.slices
+        image, lesion, lung = (None if x is None else x[:, :, start:stop] for x in (image, lesion, lung))
+    lung = lung_mask(image, cfg.lung_mask, lung, source=case.image)
+    prepared = prepare_volume(image, lung, cfg.preprocessing, lesion, training=training)
+    save_array(prepared.image.astype(np.float16), folder / "image.npy")
+    save_array(prepared.lung, folder / "lung.npy")
+    if prepared.lesion is not None:
+        save_array(prepared.lesion, folder / "lesion.npy")
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    meta = {"name": case.name, "source": str(case.image), "shape": list(prepared.image.shape),
+            "lung_per_slice": prepared.lung.sum(axis=(1, 2)).astype(int).tolist(),
+            "has_lesion": prepared.lesion is not None,
+            "spacing": [round(s, 4) for s in image.GetSpacing()], "slices": image.GetSize()[2],
+            "slice_range": list(case.slices) if case.slices else None,
+            "lung_ml": _volume_ml(lung, voxel_ml),
+            "lesion_ml": None if lesion is None else _volume_ml(lesion, voxel_ml)}
+    _write_json(meta_path, meta)
+    return meta
+
+
+def _volume_ml(mask: sitk.Image, voxel_ml: float) -> float:
+    return round(float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * voxel_ml, 2)
+
+
+def _write_json(path: Path, content: dict) -> None:
+    write_text(path, json.dumps(content, indent=1))
+
+
+def load_index(folder: str | Path) -> dict:
+    path = Path(folder) / INDEX
+    if not path.is_file():
+        raise InputError(f"{path}: no prepared cache here (run `normnet prepare` first).")
+    index = json.loads(path.read_text())
+    if not index["cases"]:
+        raise InputError(f"{path}: the cache holds no usable volume (all were skipped).")
+    return index
+
+
+def slab_lung_counts(case: dict, depth: int) -> np.ndarray:
+    """Lung voxels of every slab of `depth` slices (one per start slice; a thinner volume is one slab)."""
+    counts = np.asarray(case["lung_per_slice"], dtype=np.int64)
+    return np.convolve(counts, np.ones(min(depth, len(counts)), dtype=np.int64), mode="valid")
+
+
+def largest_slab_lung(index: dict, depth: int) -> int:
+    """|M_max|: the most lung voxels any slab of `depth` slices holds over the training set."""
+    return max(int(slab_lung_counts(case, depth).max()) for case in index["cases"])

@@ -1,0 +1,42 @@
+"""A plain folder of scans (any supported format), also the layout the phantom writes.
+
+    <root>/images/<case>.nii.gz | .nrrd | .mhd | <case>/ (a DICOM series folder)
+    <root>/lesions/<case><lesion_suffix>.*   lesion masks (evaluation sets)
+    <root>/lungs/<case><lung_suffix>.*       lung masks (lung_mask.backend=file)
+
+A folder without images/ is read as the images folder itself; files there that
+are not CT in HU (masks kept beside their scans) are skipped, each with a line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import InputError, case_name, is_image_file
+from .cases import Case, Listing, by_name, require_root
+
+RESERVED = {"images", "lesions", "lungs"}
+
+
+def discover(root: Path, options, role: str) -> Listing:
+    root = require_root(root)
+    images = root / "images" if (root / "images").is_dir() else root
+    entries = [e for e in sorted(images.iterdir()) if not e.name.startswith(".")
+               and not (images == root and e.name in RESERVED) and (is_image_file(e) or e.is_dir())]
+    if not entries:
+        raise InputError(f"{images}: holds no CT volumes (NIfTI, NRRD, MHD/MHA or DICOM series folders).")
+    lesions = _masks(root / "lesions", options.get("lesion_suffix", ""))
+    lungs = _masks(root / "lungs", options.get("lung_suffix", ""))
+    listing = Listing()
+    for entry in entries:
+        name = case_name(entry)
+        if role == "test" and name not in lesions:
+            listing.skip(name, f"{entry}: evaluation case has no lesion mask in {root / 'lesions'}.")
+            continue
+        listing.cases.append(Case(name, entry, lesions.get(name), lungs.get(name)))
+    return listing
+
+
+def _masks(folder: Path, suffix: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return by_name([p for p in sorted(folder.iterdir()) if is_image_file(p) or p.is_dir()], suffix)
