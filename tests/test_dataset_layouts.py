@@ -309,3 +309,42 @@ def test_settings_file_records_what_the_cache_depends_on(tmp_path, tiny_config):
     cfg.datasets.medseg.exclude = []                          # a listing option: same arrays, same cache
     assert prepared_dir(cfg, "test", "medseg") == out
     assert names(prepare_dataset(cfg, "test", "medseg")) == ["1", "2"]
+
+
+def test_each_reader_names_what_it_cannot_use(tmp_path, tiny_config):
+    """The refusals and skips of every reader, each one sentence naming the file."""
+    ds = tiny_config.datasets
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no subset\\*/ folders with .mhd scans"):
+        discover("luna16", tmp_path / "empty", ds.luna16, "healthy")
+
+    write_luna16(tmp_path / "luna", with_annotations=False)
+    (tmp_path / "luna" / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ\nx,1,2,3\n")
+    with pytest.raises(InputError, match="annotations.csv: lacks the column\\(s\\) diameter_mm"):
+        discover("luna16", tmp_path / "luna", ds.luna16, "healthy")
+    (tmp_path / "luna" / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\nx,1,2,z,4\n")
+    with pytest.raises(InputError, match="annotations.csv: line 2 has a non-numeric"):
+        discover("luna16", tmp_path / "luna", ds.luna16, "healthy")
+
+    write_ma(tmp_path / "ma")
+    hu = chest(5)[0].astype(np.float32)
+    save(hu, tmp_path / "ma" / "COVID-19-CT-Seg_20cases" / "coronacases_org_002.nii.gz")   # no mask
+    save(hu, tmp_path / "ma" / "COVID-19-CT-Seg_20cases" / "scan.nii.gz")                  # foreign name
+    listing = discover("coronacases", tmp_path / "ma", ds.coronacases, "test")
+    reasons = {s["case"]: s["reason"] for s in listing.skipped}
+    assert [c.name for c in listing.cases] == ["coronacases_001"]
+    assert "coronacases_org_002.nii.gz: no infection mask" in reasons["coronacases_002"]
+    assert "scan.nii.gz: not a COVID-19-CT-Seg volume name" in reasons["scan"]
+
+    write_medseg(tmp_path / "medseg", count=1)
+    save(hu, tmp_path / "medseg" / "rp_im" / "2.nii.gz")
+    assert "no lesion mask rp_msk/2" in discover("medseg", tmp_path / "medseg", ds.medseg, "test").skipped[0]["reason"]
+
+    write_uestc(tmp_path / "uestc")
+    (tmp_path / "uestc" / "UESTC-COVID-19" / "part2" / "label" / "case3.nii.gz").unlink()
+    listing = discover("uestc", tmp_path / "uestc", ds.uestc, "test")
+    assert "case3.nii.gz: no label" in {s["case"]: s["reason"] for s in listing.skipped}["part2-case3"]
+
+    save(hu, tmp_path / "mosmed" / "studies" / "CT-1" / "study_0255.nii.gz")
+    with pytest.raises(InputError, match="no CT-0/ folder of normal studies"):
+        discover("mosmed", tmp_path / "mosmed", ds.mosmed, "healthy")
