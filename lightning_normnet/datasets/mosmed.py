@@ -4,7 +4,7 @@
     <root>/masks/study_0255_mask.nii.gz ...     0/1 lesion masks of 50 CT-1 studies
 
 As an evaluation set it is the 50 annotated studies; as a healthy set, the
-normal CT-0 studies. Many MosMed studies keep only every few slices: mind
+normal CT-0 studies. Slice spacing varies between studies: mind
 datasets.mosmed.max_z_spacing_mm.
 """
 from __future__ import annotations
