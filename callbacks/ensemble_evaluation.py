@@ -19,7 +19,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from lightning_normnet.io import write_text
-from lightning_normnet.metrics import format_table, summarize
+from lightning_normnet.metrics import METRIC_KEYS, format_table, summarize
 
 from .overlays import overlay_slice
 
@@ -48,9 +48,9 @@ class EnsembleEvaluation(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self.records.append(outputs["record"])
-        if len(self.pictures) < self.overlays and trainer.is_global_zero:
+        if "lesion" in outputs and len(self.pictures) < self.overlays and trainer.is_global_zero:
             name = f"{outputs['record']['dataset']}/{outputs['record']['name']}"
-            self.pictures.append((name, overlay_slice(batch["image"][0, 0], outputs["prediction"].lesion[0, 0],
+            self.pictures.append((name, overlay_slice(batch["image"][0, 0], outputs["lesion"][0, 0],
                                                       batch["lesion"][0, 0])))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -76,10 +76,10 @@ class EnsembleEvaluation(L.Callback):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "evaluation.json", json.dumps(_finite(self.history), indent=1))
         write_text(self.run_dir / "evaluation.md", table + "\n")
-        keys = list(records[0].keys()) if records else []
+        keys = ["dataset", "name"] + [k for k in METRIC_KEYS if any(k in r for r in records)]
         new = not (self.run_dir / "volumes.csv").exists()
         with open(self.run_dir / "volumes.csv", "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["step"] + keys)
+            writer = csv.DictWriter(handle, fieldnames=["step"] + keys, restval="")
             if new:
                 writer.writeheader()
             for record in records:

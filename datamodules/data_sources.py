@@ -4,7 +4,8 @@
 lists a named set's cases (lightning_normnet.datasets), brings its cache up to
 date (finished cases kept, new ones prepared, the index rewritten) and prints
 what it loaded; `prepared_dir` only names that cache, for readers (every DDP rank).
-Roles: 'healthy' (training) and 'test' (labelled evaluation sets).
+Roles: 'healthy' (NormNet's training data), 'train' (labelled sets the baselines train on) and
+'test' (labelled evaluation sets).
 """
 from __future__ import annotations
 
@@ -16,27 +17,47 @@ from lightning_normnet.datasets import discover
 from lightning_normnet.datasets.cache import cache_folder, load_index, preparation_settings, prepare_cases
 from lightning_normnet.datasets.summary import format_summary, summary_row
 from lightning_normnet.phantom import VERSION as PHANTOM_VERSION
-from lightning_normnet.phantom import write_phantom_dataset
+from lightning_normnet.phantom import write_phantom_dataset, write_phantom_semiseg
 
-PHANTOM_SEEDS = {"healthy": 1000, "test": 5000}
+PHANTOM_SEEDS = {"healthy": 1000, "train": 3000, "test": 5000, "slices": 7000}
 
 
 def _phantom_count(cfg: DictConfig, role: str) -> int:
-    return cfg.data.phantom.healthy_volumes if role == "healthy" else cfg.data.phantom.covid_volumes
+    ph = cfg.data.phantom
+    return {"healthy": ph.healthy_volumes, "train": ph.train_volumes, "test": ph.covid_volumes}[role]
+
+
+def _phantom_tag(cfg: DictConfig, count: int) -> str:
+    ph = cfg.data.phantom
+    return f"v{PHANTOM_VERSION}-{'x'.join(str(s) for s in ph.size)}-{'x'.join(f'{s:g}' for s in ph.spacing)}-n{count}"
+
+
+def semiseg_dir(cfg: DictConfig) -> Path:
+    """COVID-SemiSeg's folder: infnet.data_root, or the phantom's slices in that layout."""
+    if cfg.infnet.data_root:
+        return Path(cfg.infnet.data_root)
+    count = max(2, cfg.data.phantom.covid_volumes)
+    return Path(cfg.data.cache_dir) / "phantom-semiseg" / _phantom_tag(cfg, count)
+
+
+def prepare_semiseg(cfg: DictConfig) -> Path:
+    """Write the phantom's COVID-SemiSeg-layout slices when no real folder is configured."""
+    root = semiseg_dir(cfg)
+    if not cfg.infnet.data_root:
+        ph = cfg.data.phantom
+        write_phantom_semiseg(root, max(2, ph.covid_volumes), PHANTOM_SEEDS["slices"], ph.size, ph.spacing)
+    return root
 
 
 def raw_root(cfg: DictConfig, role: str, name: str) -> Path:
     """The folder a dataset is read from: the phantom's depends on its settings; data.healthy_root and
     data.test_root name the healthy set's and the test folder's; a named set's is datasets.<name>.root."""
     if name == "phantom":
-        ph = cfg.data.phantom
-        tag = (f"v{PHANTOM_VERSION}-{'x'.join(str(s) for s in ph.size)}-"
-               f"{'x'.join(f'{s:g}' for s in ph.spacing)}-n{_phantom_count(cfg, role)}")
-        return Path(cfg.data.cache_dir) / "phantom" / tag / role
+        return Path(cfg.data.cache_dir) / "phantom" / _phantom_tag(cfg, _phantom_count(cfg, role)) / role
     if role == "healthy" and cfg.data.healthy_root:
         return Path(cfg.data.healthy_root)
     if name == "folder":
-        return Path(cfg.data.test_root)
+        return Path(cfg.data.train_root if role == "train" else cfg.data.test_root)
     return Path(cfg.datasets[name].root)
 
 
@@ -54,7 +75,7 @@ def prepare_dataset(cfg: DictConfig, role: str, name: str) -> Path:
     if name == "phantom":
         ph = cfg.data.phantom
         write_phantom_dataset(root, _phantom_count(cfg, role), PHANTOM_SEEDS[role], ph.size, ph.spacing,
-                              covid=role == "test")
+                              covid=role != "healthy")
     out = prepared_dir(cfg, role, name)
     listing = discover(name, root, _options(cfg, name), role)
     index = prepare_cases(listing, out, cfg, training=role == "healthy", description=f"prepare {role} {name}",

@@ -1,6 +1,6 @@
 """`normnet train | prepare | predict | evaluate`.
 
-    normnet train EXPERIMENT [key=value ...]
+    normnet train [--run-dir DIR] EXPERIMENT [key=value ...]
     normnet prepare EXPERIMENT [key=value ...]            cache the experiment's data
     normnet prepare --input DIR --output DIR [--labelled] cache any folder
     normnet predict --checkpoint CKPT [CKPT ...] --input CT --output MASK [--report R.json]
@@ -21,30 +21,6 @@ from .config import ConfigError, config_from_checkpoint, load_config
 from .io import InputError
 
 
-def use_offline_wandb_unless_keyed() -> None:
-    """Nothing reaches the network unless the user gave W&B a key (or chose a mode)."""
-    if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
-        os.environ["WANDB_MODE"] = "offline"
-
-
-def _trainer(cfg, run_dir: Path, callbacks: list, **overrides):
-    import lightning as L
-    from lightning.pytorch.callbacks import RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
-
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
-    if cfg.logging.wandb:
-        use_offline_wandb_unless_keyed()
-        loggers.append(WandbLogger(project=cfg.logging.project, name=f"{cfg.name}-{run_dir.name}",
-                                   save_dir=str(run_dir), config=OmegaConf.to_container(cfg)))
-    t = cfg.trainer
-    options = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
-                   logger=loggers, callbacks=callbacks + [RichProgressBar()], log_every_n_steps=t.log_every_n_steps,
-                   num_sanity_val_steps=t.num_sanity_val_steps, default_root_dir=str(run_dir))
-    options.update(overrides)
-    return L.Trainer(**options)
-
-
 def _run_dir(cfg, kind: str) -> Path:
     """runs/<name>/<kind>-<time>, one folder for all ranks: DDP children inherit NORMNET_RUN_DIR,
     SLURM tasks share the job id."""
@@ -61,48 +37,40 @@ def _run_dir(cfg, kind: str) -> Path:
 
 def train(args) -> int:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from callbacks.dataset_summary import DatasetSummary
-    from callbacks.ensemble_evaluation import EnsembleEvaluation
-    from datamodules.healthy import HealthyCTDataModule
-
-    from .models.normnet import NormNet
+    from .training import FITTERS
 
     cfg = load_config(args.experiment, args.overrides)
+    if args.run_dir:
+        os.environ["NORMNET_RUN_DIR"] = args.run_dir
+        Path(args.run_dir).mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = HealthyCTDataModule(cfg)
-    run_dir = _run_dir(cfg, "train")
-    evaluation = EnsembleEvaluation(run_dir, cfg.logging.overlays)
-    interval = min(cfg.trainer.val_check_interval, cfg.trainer.max_steps)
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}",
-                                  auto_insert_metric_name=False, save_last=True, every_n_train_steps=interval,
-                                  save_top_k=-1)
-    sources = [("healthy", cfg.data.healthy)] + [("test", name) for name in cfg.data.test]
-    trainer = _trainer(cfg, run_dir, [DatasetSummary(run_dir, cfg, sources), evaluation, checkpoints],
-                       max_steps=cfg.trainer.max_steps,
-                       val_check_interval=interval, check_val_every_n_epoch=None)
-    model = NormNet(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(model, datamodule=datamodule)
-    if cfg.trainer.max_steps % interval:   # fit validated at multiples of the interval; add the last step
-        trainer.validate(model, datamodule=datamodule)
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")   # the final weights, whatever the interval
-    if trainer.is_global_zero:
-        print(f"run folder: {run_dir}\ncheckpoint: {run_dir / 'checkpoints' / 'last.ckpt'}")
+    FITTERS[cfg.model.kind](cfg, _run_dir(cfg, "train"))
     return 0
 
 
 def load_ensemble(checkpoints: list[str], overrides: list[str], device):
-    """One NormNet whose members are those of all checkpoints; config of the first, plus overrides."""
+    """The model of the checkpoints with the config of the first, plus overrides. NormNet checkpoints
+    vote together (one NormNet whose members are those of all checkpoints); other methods take one."""
     import torch
 
+    from .models.cyclegan import CycleGAN
+    from .models.infnet import InfNetModel
     from .models.normnet import NormNet
 
-    models = []
     for path in checkpoints:
         if not Path(path).is_file():
             raise InputError(f"{path}: checkpoint not found.")
-        models.append(NormNet.load_from_checkpoint(path, map_location=device, weights_only=False))
+    saved = torch.load(checkpoints[0], map_location="cpu", weights_only=False)["hyper_parameters"]["config"]
+    kind = saved.get("model", {}).get("kind", "normnet")
+    if kind != "normnet":
+        if len(checkpoints) > 1:
+            raise ConfigError(f"{kind} checkpoints do not vote: give one.")
+        model_class = CycleGAN if kind == "cyclegan" else InfNetModel
+        model = model_class.load_from_checkpoint(checkpoints[0], map_location=device, weights_only=False)
+        model.cfg = config_from_checkpoint(saved, overrides)
+        return model.to(device).eval(), model.cfg
+    models = [NormNet.load_from_checkpoint(path, map_location=device, weights_only=False) for path in checkpoints]
     cfg = config_from_checkpoint(models[0].hparams["config"], overrides)
     ensemble = models[0]
     ensemble.cfg = cfg
@@ -121,6 +89,8 @@ def predict(args) -> int:
 
     device = _device()
     model, cfg = load_ensemble(args.checkpoint, args.overrides, device)
+    if cfg.model.kind != "normnet":
+        raise ConfigError(f"predict takes NormNet checkpoints; score a {cfg.model.kind} one with `normnet evaluate`.")
     result = predict_ct(model.members, args.input, cfg, device, Path(args.lung_mask) if args.lung_mask else None)
     write_image(result.lesion, args.output)
     print(f"lesion mask: {args.output} ({result.report['lesion_volume_ml']:.1f} mL lesion in "
@@ -136,11 +106,13 @@ def evaluate(args) -> int:
     from callbacks.ensemble_evaluation import EnsembleEvaluation
     from datamodules.evaluation import EvaluationDataModule
 
+    from .training import make_trainer
+
     model, cfg = load_ensemble(args.checkpoint, args.overrides, "cpu")
     run_dir = _run_dir(cfg, "evaluate")
     evaluation = EnsembleEvaluation(run_dir, cfg.logging.overlays)
     summary = DatasetSummary(run_dir, cfg, [("test", name) for name in cfg.data.test])
-    trainer = _trainer(cfg, run_dir, [summary, evaluation])
+    trainer = make_trainer(cfg, run_dir, [summary, evaluation])
     datamodule = EvaluationDataModule(cfg)
     trainer.validate(model, datamodule=datamodule)
     if trainer.is_global_zero:
@@ -178,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train an experiment (experiments/<name>.yaml)")
     p.add_argument("experiment")
+    p.add_argument("--run-dir", help="continue in this run folder (Semi-Inf-Net resumes its pseudo-label rounds)")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=train)
     p = sub.add_parser("prepare", help="build the preprocessed cache")

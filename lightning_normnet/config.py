@@ -4,18 +4,20 @@ An experiment file names its `base` and holds only what differs from it, so the
 paper's settings live in one place (experiments/normnet.yaml). The merged
 config is struct: a key that the base does not define is an error, whether it
 comes from a file or from the command line, so a typo never silently trains
-with the default.
+with the default. A baseline's file may add its method's own top-level group
+(METHOD_GROUPS); any other new top-level name is an error too.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
 from .datasets import HEALTHY_SETS, TEST_SETS
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+METHOD_GROUPS = {"normnet": (), "infnet": ("infnet",), "semi_infnet": ("infnet", "semi"), "cyclegan": ("cyclegan",)}
 
 
 class ConfigError(ValueError):
@@ -45,11 +47,19 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         OmegaConf.set_struct(conf, True)
         return conf
     base_path = resolve_experiment(str(base)) if not Path(base).is_absolute() else Path(base)
-    merged = _load_chain(base_path, seen + (path,))
     try:
-        return OmegaConf.merge(merged, conf)
+        return _merge(_load_chain(base_path, seen + (path,)), conf)
     except ConfigKeyError as err:
         raise ConfigError(f"{path}: unknown key {err.full_key!r} (not in {base_path.name}).") from None
+
+
+def _merge(base: DictConfig, conf) -> DictConfig:
+    """`conf` over `base`; top-level groups that `base` lacks are added (validate() checks their names)."""
+    conf = OmegaConf.create(conf) if not isinstance(conf, DictConfig) else conf
+    with open_dict(base):
+        for key in [k for k in conf.keys() if k not in base]:
+            base[key] = conf[key]
+    return OmegaConf.merge(base, conf)
 
 
 def load_config(experiment: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -60,7 +70,7 @@ def load_config(experiment: str, overrides: list[str] | tuple[str, ...] = ()) ->
 def config_from_checkpoint(saved: dict, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """A checkpoint's config over today's defaults (keys added since get their default), plus overrides."""
     try:
-        conf = OmegaConf.merge(_load_chain(resolve_experiment("normnet")), saved)
+        conf = _merge(_load_chain(resolve_experiment("normnet")), saved)
     except ConfigKeyError as err:
         raise ConfigError(f"checkpoint config key {err.full_key!r} is unknown to this version.") from None
     return apply_overrides(conf, overrides)
@@ -87,6 +97,15 @@ def _check_range(conf: DictConfig, key: str, low_bound: float = 0.0) -> None:
 
 def validate(conf: DictConfig) -> None:
     """Reject values that would fail late (mid-training) or silently do the wrong thing."""
+    if conf.model.kind not in METHOD_GROUPS:
+        raise ConfigError(f"model.kind={conf.model.kind!r} must be one of {', '.join(METHOD_GROUPS)}.")
+    known = set(_load_chain(resolve_experiment("normnet")).keys()) | set(METHOD_GROUPS[conf.model.kind])
+    unknown = [k for k in conf.keys() if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown top-level group {unknown[0]!r} for model.kind={conf.model.kind}.")
+    missing = [g for g in METHOD_GROUPS[conf.model.kind] if g not in conf]
+    if missing:
+        raise ConfigError(f"model.kind={conf.model.kind} needs its {missing[0]!r} group (see experiments/).")
     for key in ("lesions.small_count", "lesions.medium_count", "lesions.small_semi_axes",
                 "lesions.medium_semi_axes", "lesions.large_semi_axes", "lesions.sigma_a",
                 "lesions.a_range", "lesions.sigma_b_small", "lesions.sigma_b_large", "lesions.mu0",
@@ -112,14 +131,24 @@ def validate(conf: DictConfig) -> None:
         raise ConfigError(f"data.slab in-plane {list(conf.data.slab[1:])} must equal "
                           f"preprocessing.in_plane_size {list(conf.preprocessing.in_plane_size)}.")
     _validate_datasets(conf)
+    if conf.model.kind == "cyclegan":
+        c = conf.cyclegan
+        if c.clustering not in ("kmeans", "otsu"):
+            raise ConfigError(f"cyclegan.clustering={c.clustering!r} must be kmeans or otsu.")
+        if c.crop % 2 ** c.stages or c.crop > min(conf.preprocessing.in_plane_size):
+            raise ConfigError(f"cyclegan.crop={c.crop} must be a multiple of 2^stages={2 ** c.stages} "
+                              f"within preprocessing.in_plane_size {list(conf.preprocessing.in_plane_size)}.")
 
 
 def _validate_datasets(conf: DictConfig) -> None:
     if conf.data.healthy not in HEALTHY_SETS:
         raise ConfigError(f"data.healthy={conf.data.healthy!r} must be one of {', '.join(HEALTHY_SETS)}.")
-    for name in conf.data.test:
-        if name not in TEST_SETS:
-            raise ConfigError(f"data.test entry {name!r} must be one of {', '.join(TEST_SETS)}.")
+    for role in ("train", "test"):
+        for name in conf.data[role]:
+            if name not in TEST_SETS:
+                raise ConfigError(f"data.{role} entry {name!r} must be one of {', '.join(TEST_SETS)}.")
+    if "folder" in conf.data.train and not conf.data.train_root:
+        raise ConfigError("data.train=[folder] needs data.train_root=<folder with images/ and lesions/>.")
     if conf.data.healthy == "folder" and not conf.data.healthy_root:
         raise ConfigError("data.healthy=folder needs data.healthy_root=<folder of healthy scans>.")
     if "folder" in conf.data.test and not conf.data.test_root:
@@ -127,6 +156,7 @@ def _validate_datasets(conf: DictConfig) -> None:
     healthy = conf.data.healthy
     if healthy not in ("phantom", "folder") and not (conf.data.healthy_root or conf.datasets[healthy].root):
         raise ConfigError(f"data.healthy={healthy} needs datasets.{healthy}.root (or data.healthy_root)=<its folder>.")
-    for name in conf.data.test:
-        if name not in ("phantom", "folder") and not conf.datasets[name].root:
-            raise ConfigError(f"data.test entry {name!r} needs datasets.{name}.root=<its folder>.")
+    for role in ("train", "test"):
+        for name in conf.data[role]:
+            if name not in ("phantom", "folder") and not conf.datasets[name].root:
+                raise ConfigError(f"data.{role} entry {name!r} needs datasets.{name}.root=<its folder>.")

@@ -61,6 +61,14 @@ class CTPrediction:
     report: dict
 
 
+def slice_by_slice(predict_slices, *volumes: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """A 2D model over (1, 1, D, H, W) volumes: `predict_slices` maps aligned chunks of (n, 1, H, W) slices
+    (one per volume) to (n, 1, H, W) masks; the results are stacked back into (1, 1, D, H, W)."""
+    slices = [v[0].transpose(0, 1) for v in volumes]                 # (D, 1, H, W) each
+    parts = [predict_slices(*(s[i:i + chunk] for s in slices)) for i in range(0, slices[0].shape[0], chunk)]
+    return torch.cat(parts).transpose(0, 1)[None]
+
+
 def predict_ct(members, path: str | Path, cfg: DictConfig, device: torch.device,
                lung_path: Path | None = None) -> CTPrediction:
     """Lesion mask and report for one CT (file or DICOM folder), in the input's own grid."""

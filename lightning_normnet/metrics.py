@@ -18,6 +18,8 @@ from torchmetrics.functional.classification import binary_auroc
 
 SEGMENTATION_KEYS = ("dsc", "psc", "sen", "spec")
 BRIGHT_KEYS = ("bright_precision", "bright_sensitivity", "bright_specificity", "bright_auc")
+SLICE_KEYS = ("s_alpha", "e_phi_mean", "mae")      # Inf-Net's 2D measures (slice_metrics)
+METRIC_KEYS = SEGMENTATION_KEYS + BRIGHT_KEYS + SLICE_KEYS
 
 
 def _ratio(num: float, den: float) -> float:
@@ -65,7 +67,7 @@ def summarize(records: list[dict]) -> dict[str, dict[str, tuple[float, float, in
     for dataset in sorted({r["dataset"] for r in records}):
         rows = [r for r in records if r["dataset"] == dataset]
         out[dataset] = {}
-        for key in SEGMENTATION_KEYS + BRIGHT_KEYS:
+        for key in METRIC_KEYS:
             values = np.array([r[key] for r in rows if key in r], dtype=float)
             values = values[~np.isnan(values)]
             out[dataset][key] = ((float(values.mean()), float(values.std()), len(values)) if len(values)
@@ -74,11 +76,13 @@ def summarize(records: list[dict]) -> dict[str, dict[str, tuple[float, float, in
 
 
 def format_table(summary: dict) -> str:
-    """Markdown table: one row per dataset, mean +/- std in percent, as Tables II and III."""
-    keys = SEGMENTATION_KEYS + BRIGHT_KEYS
+    """Markdown table: one row per dataset, mean +/- std in percent (MAE as a fraction), as Tables II and III;
+    the columns are the metrics some dataset has."""
+    keys = [k for k in METRIC_KEYS if k in SEGMENTATION_KEYS or any(m[k][2] for m in summary.values())]
     lines = ["| dataset | " + " | ".join(k.upper() if k in SEGMENTATION_KEYS else k for k in keys) + " |",
              "|---" * (len(keys) + 1) + "|"]
     for dataset, metrics in summary.items():
-        cells = [f"{100 * m:.1f} ± {100 * s:.1f}" if n else "n/a" for m, s, n in (metrics[k] for k in keys)]
+        cells = [("n/a" if not n else f"{m:.3f} ± {s:.3f}" if k == "mae" else f"{100 * m:.1f} ± {100 * s:.1f}")
+                 for k, (m, s, n) in ((k, metrics[k]) for k in keys)]
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

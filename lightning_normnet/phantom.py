@@ -13,6 +13,7 @@ lung_mask.backend=file).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -182,4 +183,45 @@ def write_phantom_dataset(root: str | Path, count: int, seed: int, size_xyz, spa
             image = sitk.GetImageFromArray(array)
             image.SetSpacing([float(s) for s in spacing_xyz])
             write_image(image, root / folder / f"{name}.nii.gz")
+    return root
+
+
+def write_phantom_semiseg(root: str | Path, volumes: int, seed: int, size_xyz, spacing_xyz, labelled: int = 50,
+                          test: int = 48, unlabelled: int = 100) -> Path:
+    """Axial slices of COVID-like phantoms in COVID-SemiSeg's layout (8-bit, HU window [-1250, 250]):
+    lesion slices of all but the last volume labelled (Imgs/GT/Edge), the last volume's lesion slices
+    as the test set, lesion-free and surplus slices unlabelled. Written once; `done` marks completion."""
+    from PIL import Image
+
+    root = Path(root)
+    if (root / "done").is_file():
+        return root
+    train = root / "TrainingSet/LungInfection-Train"
+    folders = {"img": train / "Doctor-label/Imgs", "gt": train / "Doctor-label/GT", "edge": train / "Doctor-label/Edge",
+               "unlabelled": train / "Pseudo-label/Imgs", "test_img": root / "TestingSet/LungInfection-Test/Imgs",
+               "test_gt": root / "TestingSet/LungInfection-Test/GT"}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    counts = {"labelled": 0, "test": 0, "unlabelled": 0}
+    for v in range(volumes):
+        hu, lung, lesion = make_chest(seed + v, size_xyz, spacing_xyz, covid=True)
+        pixels = np.round((np.clip(hu, -1250, 250) + 1250) / 1500 * 255).astype(np.uint8)
+        is_test = v == volumes - 1
+        for z in np.flatnonzero(lung.any(axis=(1, 2))):
+            name = f"phantom{v:02d}_{z:03d}"
+            has_lesion = lesion[z].sum() >= 20
+            if has_lesion and is_test and counts["test"] < test:
+                counts["test"] += 1
+                Image.fromarray(pixels[z]).save(folders["test_img"] / f"{name}.jpg")
+                Image.fromarray(lesion[z].astype(np.uint8) * 255).save(folders["test_gt"] / f"{name}.png")
+            elif has_lesion and not is_test and counts["labelled"] < labelled:
+                counts["labelled"] += 1
+                edge = lesion[z] & ~ndimage.binary_erosion(lesion[z])
+                Image.fromarray(pixels[z]).save(folders["img"] / f"{name}.jpg")
+                Image.fromarray(lesion[z].astype(np.uint8) * 255).save(folders["gt"] / f"{name}.png")
+                Image.fromarray(edge.astype(np.uint8) * 255).save(folders["edge"] / f"{name}.png")
+            elif not is_test and counts["unlabelled"] < unlabelled:
+                counts["unlabelled"] += 1
+                Image.fromarray(pixels[z]).save(folders["unlabelled"] / f"{name}.jpg")
+    (root / "done").write_text(json.dumps(counts))
     return root

@@ -29,7 +29,7 @@ def discover(root: Path, options, role: str) -> Listing:
     listing = Listing()
     for entry in entries:
         name = case_name(entry)
-        if role == "test" and name not in lesions:
+        if role != "healthy" and name not in lesions:
             listing.skip(name, f"{entry}: evaluation case has no lesion mask in {root / 'lesions'}.")
             continue
         listing.cases.append(Case(name, entry, lesions.get(name), lungs.get(name)))

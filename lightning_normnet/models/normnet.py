@@ -67,7 +67,7 @@ class NormNet(L.LightningModule):
         record.update(segmentation_metrics(result.lesion, batch["lesion"], batch["lung"]))
         record.update(bright_voxel_metrics(result.healthy, result.healthy_probability, batch["image"],
                                            batch["lung"], batch["lesion"], self.cfg.target.tau))
-        return {"record": record, "prediction": result}
+        return {"record": record, "lesion": result.lesion}
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.cfg.model.lr)

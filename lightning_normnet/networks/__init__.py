@@ -1,0 +1,1 @@
+"""Plain nn.Modules the baseline models are built from (no Lightning here)."""

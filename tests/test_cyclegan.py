@@ -1,0 +1,101 @@
+"""The cycle-GAN method: network shapes, its losses and schedule against hand-computed cases, the image
+pool, the post-processing on synthetic difference images, and a tiny train + evaluate on CPU."""
+import json
+
+import pytest
+import torch
+
+from lightning_normnet.cli import main
+from lightning_normnet.config import load_config
+from lightning_normnet.difference_postprocessing import extract_lesions, fill_holes, kmeans_threshold, otsu_threshold
+from lightning_normnet.models.cyclegan import CycleGAN, ImagePool, linear_decay
+from lightning_normnet.networks.cyclegan import UNetGenerator, patch_discriminator
+
+
+def test_generator_and_discriminator_shapes():
+    generator = UNetGenerator()
+    assert [b[0].out_channels for b in generator.encoder] == [64, 128, 256, 512, 512, 512, 512, 512]
+    assert generator(torch.randn(1, 1, 256, 256)).shape == (1, 1, 256, 256)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        generator(torch.randn(1, 1, 128, 128))
+    assert patch_discriminator()(torch.randn(1, 1, 256, 256))[-1].shape == (1, 1, 30, 30)   # 70x70 patches
+
+
+class Shift(torch.nn.Module):
+    def __init__(self, amount):
+        super().__init__()
+        self.amount = amount
+
+    def forward(self, x):
+        return x + self.amount
+
+
+class Constant(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return [torch.full((x.shape[0], 1, 3, 3), self.value)]
+
+
+def test_losses_by_hand(tiny_overrides):
+    """G_XY adds a = 0.1, G_YX adds b = 0.3, both D say d = 0.4: adversarial 2 (d - 1)^2 = 0.72,
+    cycle |a + b| twice = 0.8, identity |a| + |b| = 0.4; total 0.72 + 10 * 0.8 + 5 * 0.4 = 10.72.
+    Discriminator: 0.5 ((d - 1)^2 + d^2) = 0.26."""
+    cfg = load_config("cyclegan", tiny_overrides + ["cyclegan.stages=4", "cyclegan.crop=32"])
+    model = CycleGAN(dict(cfg))
+    model.g_xy, model.g_yx, model.d_x, model.d_y = Shift(0.1), Shift(0.3), Constant(0.4), Constant(0.4)
+    x, y = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    total, parts, _, _ = model.generator_loss(x, y)
+    assert parts["adversarial"].item() == pytest.approx(0.72)
+    assert parts["cycle"].item() == pytest.approx(0.8) and parts["identity"].item() == pytest.approx(0.4)
+    assert total.item() == pytest.approx(10.72)
+    assert model.discriminator_loss(y, x, model.d_y).item() == pytest.approx(0.26)
+
+
+def test_learning_rate_schedule_by_hand():
+    factor = linear_decay(100, 50)
+    assert [factor(e) for e in (0, 50, 75, 99, 100)] == pytest.approx([1, 1, 0.5, 0.02, 0])
+
+
+def test_image_pool_keeps_its_size_and_returns_old_fakes():
+    pool = ImagePool(2, seed=0)
+    first = pool.query(torch.zeros(2, 1, 1, 1))
+    assert torch.equal(first, torch.zeros(2, 1, 1, 1)) and len(pool.images) == 2
+    returned = torch.cat([pool.query(torch.full((1, 1, 1, 1), float(i))) for i in range(1, 41)]).flatten()
+    assert len(pool.images) == 2
+    assert (returned != torch.arange(1, 41).float()).any()       # some calls hand back an older image
+
+
+def test_thresholds_by_hand():
+    assert kmeans_threshold(torch.tensor([0.0, 0.0, 0.0, 10.0, 10.0])).item() == pytest.approx(5.0)
+    cut = otsu_threshold(torch.tensor([0.0] * 50 + [1.0] * 50)).item()
+    assert 0.0 < cut <= 1.0
+
+
+def test_postprocessing_recovers_a_lesion_from_a_noisy_difference():
+    """A disk 0.6 brighter than a uniform [0, 0.1) noise floor, plus salt noise the median filter removes."""
+    y, x = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    disk = ((y - 30) ** 2 + (x - 34) ** 2 < 100)[None, None]
+    generator = torch.Generator().manual_seed(0)
+    infected = 0.1 * torch.rand(1, 1, 64, 64, generator=generator) + 0.6 * disk
+    infected[0, 0, 5, 5] = infected[0, 0, 50, 10] = 1.0
+    lung = torch.ones(1, 1, 64, 64, dtype=torch.bool)
+    for clustering in ("kmeans", "otsu"):
+        lesion = extract_lesions(infected, torch.zeros_like(infected), lung, clustering=clustering)
+        assert 2 * (lesion & disk).sum() / (lesion.sum() + disk.sum()) > 0.95
+        assert not lesion[0, 0, 5, 5] and not lesion[0, 0, 50, 10]
+    ring = disk & ((y - 30) ** 2 + (x - 34) ** 2 >= 25)[None, None]
+    assert torch.equal(fill_holes(ring), disk)
+
+
+def test_cyclegan_trains_and_evaluates(tmp_path, tiny_overrides):
+    small = ["data.phantom.train_volumes=2", "cyclegan.stages=4", "cyclegan.base_channels=4", "cyclegan.crop=32",
+             "cyclegan.epochs=1", "cyclegan.decay_epochs=1", "cyclegan.min_lesion_pixels=5",
+             "cyclegan.min_lung_pixels=50"]
+    assert main(["train", "cyclegan", *tiny_overrides, *small]) == 0
+    run = next((tmp_path / "runs" / "cyclegan").glob("train-*"))
+    assert json.loads((run / "evaluation.json").read_text())[-1]["summary"]["phantom"]["dsc"][2] == 2
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), *tiny_overrides[-2:],
+                 "logging.wandb=false"]) == 0

@@ -1,0 +1,121 @@
+"""Inf-Net: its loss against hand-computed cases, its 2D metrics, the network's shapes, Algorithm 1's
+bookkeeping, and a tiny train + evaluate through the command line (Inf-Net and Semi-Inf-Net)."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_normnet.cli import main
+from lightning_normnet.losses import boundary_weights, structure_loss, weighted_bce
+from lightning_normnet.models.infnet import load_backbone_weights
+from lightning_normnet.networks.infnet import InfNet
+from lightning_normnet.networks.res2net import Res2Net50v1b
+from lightning_normnet.semi_supervised import PseudoLabelPool
+from lightning_normnet.slice_metrics import slice_metrics, structure_measure
+
+CENTRE = torch.zeros(1, 1, 3, 3)
+CENTRE[0, 0, 1, 1] = 1
+
+
+def test_boundary_weights_by_hand():
+    """Every 3x3 window (zero-padded) holds the centre: local mean 1/9 everywhere, so the centre weighs
+    1 + 5 * 8/9 = 49/9 and the others 1 + 5/9 = 14/9."""
+    w = boundary_weights(CENTRE, kernel=3, emphasis=5.0)[0, 0]
+    assert w[1, 1].item() == pytest.approx(49 / 9) and w[0, 0].item() == pytest.approx(14 / 9)
+
+
+def test_structure_loss_by_hand():
+    """Logits 0: p = 0.5, BCE = ln 2 at every pixel; weighted IoU: inter = 0.5 * 49/9, union = 0.5 *
+    (49/9 + 8 * 14/9) + 49/9, loss = 1 - (inter + 1) / (union - inter + 1) = 1 - 67/228."""
+    loss = structure_loss(torch.zeros(1, 1, 3, 3), CENTRE, kernel=3)
+    assert loss.item() == pytest.approx(1 - 67 / 228 + math.log(2), rel=1e-6)
+
+
+def test_bce_is_really_weighted():
+    """Logit 0 at the centre (BCE ln 2), -2 elsewhere (BCE ln(1 + e^-2)): the weighted mean counts the
+    centre 49/161, the plain mean 1/9."""
+    logits = torch.full((1, 1, 3, 3), -2.0)
+    logits[0, 0, 1, 1] = 0.0
+    weighted = weighted_bce(logits, CENTRE, boundary_weights(CENTRE, 3, 5.0)).item()
+    low = math.log(1 + math.exp(-2))
+    assert weighted == pytest.approx((49 * math.log(2) + 112 * low) / 161, rel=1e-6)
+    assert weighted != pytest.approx((math.log(2) + 8 * low) / 9, rel=1e-3)
+
+
+def test_slice_metrics_by_hand():
+    truth = torch.zeros(4, 4, dtype=torch.bool)
+    truth[:2, :2] = True
+    perfect = slice_metrics(truth.float(), truth)
+    assert perfect["dsc"] == pytest.approx(1) and perfect["s_alpha"] == pytest.approx(1) and perfect["mae"] == 0
+    assert perfect["e_phi_mean"] == pytest.approx(16 / 15)      # the measure divides by w*h - 1
+    # wholly wrong: object similarity 0; each quadrant is flat in both maps, which the S-measure scores 1
+    assert structure_measure((~truth).float(), truth) == pytest.approx(0.5)
+    empty = torch.zeros(4, 4, dtype=torch.bool)
+    flat = slice_metrics(torch.full((4, 4), 0.3), empty)
+    assert flat["s_alpha"] == pytest.approx(0.7) and flat["mae"] == pytest.approx(0.3)
+    # S_p > k/256 holds everywhere for k = 0..76 (E = 0) and nowhere for the other 179 thresholds (E = 16/15)
+    assert flat["e_phi_mean"] == pytest.approx(179 / 256 * 16 / 15)
+
+
+def test_network_shapes_and_backbone_weights(tmp_path):
+    out = InfNet()(torch.randn(2, 3, 64, 64))
+    assert [tuple(m.shape) for m in out.segmentation_maps()] == [(2, 1, 64, 64)] * 4
+    assert out.edge.shape == (2, 1, 64, 64)
+    source = Res2Net50v1b()
+    assert sum(p.numel() for p in source.parameters()) == 23_669_352   # Res2Net-50-v1b-26w-4s without fc
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    state["fc.weight"] = torch.zeros(1000, 2048)
+    torch.save(state, tmp_path / "res2net.pth")
+    target = Res2Net50v1b()
+    load_backbone_weights(target, str(tmp_path / "res2net.pth"))
+    assert torch.equal(target.layer4[2].conv3.weight, source.layer4[2].conv3.weight)
+
+
+def test_pseudo_label_rounds_and_resume(tmp_path):
+    """12 slices, K = 5: rounds of 5, 5, 2; each slice labelled once; a pool reloaded from its file
+    draws what the uninterrupted one draws."""
+    slices = [f"s{i:02d}.jpg" for i in range(12)]
+    state = tmp_path / "pool.json"
+    pool = PseudoLabelPool.load_or_start(state, slices, seed=3)
+    uninterrupted = PseudoLabelPool.load_or_start(tmp_path / "other.json", slices, seed=3)
+    sizes = []
+    while not pool.done:
+        drawn = pool.draw(5)
+        assert drawn == uninterrupted.draw(5)
+        sizes.append(len(drawn))
+        pool.add(drawn, state)
+        uninterrupted.add(drawn, tmp_path / "other.json")
+        pool = PseudoLabelPool.load_or_start(state, slices, seed=3)     # as after a restart
+    assert sizes == [5, 5, 2] and sorted(pool.labelled) == slices and pool.round == 3
+
+
+TINY_SLICES = ["infnet.train_size=64", "infnet.scales=[0.75,1.0]", "infnet.batch_size=4", "infnet.val_every=1",
+               "infnet.epochs=1"]
+
+
+def test_infnet_trains_and_evaluates(tmp_path, tiny_overrides):
+    assert main(["train", "infnet", *tiny_overrides, *TINY_SLICES]) == 0
+    run = next((tmp_path / "runs" / "infnet").glob("train-*"))
+    summary = json.loads((run / "evaluation.json").read_text())[-1]["summary"]
+    assert set(summary) == {"covid-semiseg", "phantom"}
+    assert summary["covid-semiseg"]["s_alpha"][2] > 0 and summary["phantom"]["dsc"][2] == 2
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), *tiny_overrides[-2:], "logging.wandb=false"]) == 0
+    evaluation = next((tmp_path / "runs" / "infnet").glob("evaluate-*"))
+    assert json.loads((evaluation / "evaluation.json").read_text())[-1]["summary"]["phantom"]["dsc"][2] == 2
+
+
+def test_semi_infnet_runs_its_rounds_and_resumes(tmp_path, tiny_overrides):
+    semi = ["semi.max_unlabelled=7", "semi.k=5", "semi.pretrain_epochs=1", "semi.finetune_epochs=1",
+            "semi.pretrain_batch_size=4"]
+    run = tmp_path / "semi-run"
+    assert main(["train", "--run-dir", str(run), "semi_infnet", *tiny_overrides, *TINY_SLICES, *semi]) == 0
+    pool = json.loads((run / "semi" / "pool.json").read_text())
+    assert pool["round"] == 2 and len(pool["labelled"]) == 7 and not pool["remaining"]
+    assert len(list((run / "semi" / "pseudo-labels").glob("*.png"))) == 7
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    before = Path(run / "semi" / "round.ckpt").stat().st_mtime_ns
+    assert main(["train", "--run-dir", str(run), "semi_infnet", *tiny_overrides, *TINY_SLICES, *semi]) == 0
+    assert Path(run / "semi" / "round.ckpt").stat().st_mtime_ns == before    # no round redone
