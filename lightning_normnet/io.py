@@ -182,6 +182,32 @@ def read_mask(path: str | Path, reference: sitk.Image, what: str = "mask", label
     return out
 
 
+def read_slice_labels(path: str | Path, reference: sitk.Image) -> sitk.Image:
+    """Slice-level labels (a CSV with columns z_index, infected: 0/1 per slice along the image's third
+    axis, as COVID-CT-MD ships them) as a mask on the reference grid: infected slices wholly 1."""
+    import csv
+
+    path = Path(path)
+    depth = reference.GetSize()[2]
+    infected = np.zeros(depth, dtype=bool)
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = {c.lower(): c for c in reader.fieldnames or []}
+        if "z_index" not in columns or "infected" not in columns:
+            raise InputError(f"{path}: slice labels need the columns z_index and infected.")
+        for line, row in enumerate(reader, start=2):
+            try:
+                z, value = int(row[columns["z_index"]]), int(row[columns["infected"]])
+            except ValueError:
+                raise InputError(f"{path}: line {line} is not an integer z_index and 0/1 label.") from None
+            if not 0 <= z < depth or value not in (0, 1):
+                raise InputError(f"{path}: line {line}: z_index {z} outside 0..{depth - 1} or label {value} not 0/1.")
+            infected[z] = bool(value)
+    size = reference.GetSize()
+    return image_like(np.broadcast_to(infected[:, None, None], (depth, size[1], size[0])).astype(np.uint8),
+                      reference)
+
+
 def write_image(image: sitk.Image, path: str | Path) -> Path:
     """Write atomically: a temporary file beside the target, renamed when complete."""
     path = Path(path)

@@ -348,3 +348,42 @@ def test_each_reader_names_what_it_cannot_use(tmp_path, tiny_config):
     save(hu, tmp_path / "mosmed" / "studies" / "CT-1" / "study_0255.nii.gz")
     with pytest.raises(InputError, match="no CT-0/ folder of normal studies"):
         discover("mosmed", tmp_path / "mosmed", ds.mosmed, "healthy")
+
+
+def test_slice_labels_mark_infected_slices_of_a_training_set(tmp_path, tiny_config):
+    """COVID-CT-MD's P001 with its per-slice labels, as a plain-folder training set without lesion masks:
+    prepared slices are wholly infected or wholly not, and the cycle-GAN finds both kinds."""
+    from datamodules.unpaired_slices import UnpairedSlices
+
+    from .conftest import shared_data
+
+    source = shared_data("covid-ct-md")
+    for folder, name, target in (("images", "P001", source / "P001"),
+                                 ("slice_labels", "P001.csv", source / "P001_slice_labels.csv")):
+        (tmp_path / "ctmd" / folder).mkdir(parents=True)
+        (tmp_path / "ctmd" / folder / name).symlink_to(target)
+    cfg = tiny_config
+    cfg.data.train, cfg.data.train_root = ["folder"], str(tmp_path / "ctmd")
+    out = prepare_dataset(cfg, "train", "folder")
+    [case] = load_index(out)["cases"]
+    assert case["lesion_from"] == "slice labels" and case["lesion_ml"] is None
+    lesion = np.load(out / "P001" / "lesion.npy")
+    per_slice = lesion.reshape(lesion.shape[0], -1)
+    assert (per_slice.all(axis=1) | ~per_slice.any(axis=1)).all()       # whole slices
+    assert per_slice.all(axis=1).any() and not per_slice.any(axis=1).all()
+    slices = UnpairedSlices([out], crop=32, min_lesion_pixels=10, min_lung_pixels=10, seed=0)
+    assert slices.infected and slices.healthy
+
+
+def test_slice_labels_are_checked(tmp_path):
+    from lightning_normnet.io import read_slice_labels
+
+    reference = sitk.GetImageFromArray(np.zeros((3, 2, 2), np.float32))
+    (tmp_path / "a.csv").write_text("z_index,infected\n0,1\n2,0\n")
+    assert sitk.GetArrayFromImage(read_slice_labels(tmp_path / "a.csv", reference))[:, 0, 0].tolist() == [1, 0, 0]
+    (tmp_path / "b.csv").write_text("z_index,infected\n5,1\n")
+    with pytest.raises(InputError, match="b.csv: line 2: z_index 5 outside 0..2"):
+        read_slice_labels(tmp_path / "b.csv", reference)
+    (tmp_path / "c.csv").write_text("slice,label\n0,1\n")
+    with pytest.raises(InputError, match="c.csv: slice labels need the columns z_index and infected"):
+        read_slice_labels(tmp_path / "c.csv", reference)

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
-from ..io import InputError, read_ct, read_mask, save_array, write_text
+from ..io import InputError, read_ct, read_mask, read_slice_labels, save_array, write_text
 from ..lungmask import lung_mask
 from ..preprocessing import prepare_volume
 from .cases import Case, Listing
@@ -89,6 +89,8 @@ def _prepare_case(case: Case, folder: Path, cfg: DictConfig, training: bool) -> 
     lesion = lung = None
     if case.lesion:
         lesion = read_mask(case.lesion, image, "lesion mask", case.lesion_labels, case.mask_header_from_image)
+    elif case.slice_labels:
+        lesion = read_slice_labels(case.slice_labels, image)
     if not training and lesion is None:
         raise InputError(f"{case.image}: evaluation case has no lesion mask.")
     if cfg.lung_mask.backend == "file" and case.lung:
@@ -109,7 +111,8 @@ def _prepare_case(case: Case, folder: Path, cfg: DictConfig, training: bool) -> 
             "spacing": [round(s, 4) for s in image.GetSpacing()], "slices": image.GetSize()[2],
             "slice_range": list(case.slices) if case.slices else None,
             "lung_ml": _volume_ml(lung, voxel_ml),
-            "lesion_ml": None if lesion is None else _volume_ml(lesion, voxel_ml)}
+            "lesion_ml": None if lesion is None or case.slice_labels else _volume_ml(lesion, voxel_ml),
+            "lesion_from": "slice labels" if case.slice_labels else "mask" if lesion is not None else None}
     _write_json(meta_path, meta)
     return meta
 

@@ -23,6 +23,7 @@ class Case:
     stored_window: StoredWindow | None = None
     mask_header_from_image: bool = False      # the set's mask headers are known to be wrong
     slices: tuple[int, int] | None = None     # keep image slices [start, stop) only
+    slice_labels: Path | None = None          # infected / not per slice, where there is no lesion mask
 
 
 @dataclass

@@ -3,6 +3,8 @@
     <root>/images/<case>.nii.gz | .nrrd | .mhd | <case>/ (a DICOM series folder)
     <root>/lesions/<case><lesion_suffix>.*   lesion masks (evaluation sets)
     <root>/lungs/<case><lung_suffix>.*       lung masks (lung_mask.backend=file)
+    <root>/slice_labels/<case>.csv          per-slice infected 0/1 (z_index, infected), for training sets
+                                            without lesion masks (the cycle-GAN's infected/healthy slices)
 
 A folder without images/ is read as the images folder itself; files there that
 are not CT in HU (masks kept beside their scans) are skipped, each with a line.
@@ -26,13 +28,18 @@ def discover(root: Path, options, role: str) -> Listing:
         raise InputError(f"{images}: holds no CT volumes (NIfTI, NRRD, MHD/MHA or DICOM series folders).")
     lesions = _masks(root / "lesions", options.get("lesion_suffix", ""))
     lungs = _masks(root / "lungs", options.get("lung_suffix", ""))
+    labels_folder = root / "slice_labels"
+    slice_labels = {p.stem: p for p in sorted(labels_folder.glob("*.csv"))} if labels_folder.is_dir() else {}
     listing = Listing()
     for entry in entries:
         name = case_name(entry)
-        if role != "healthy" and name not in lesions:
-            listing.skip(name, f"{entry}: evaluation case has no lesion mask in {root / 'lesions'}.")
+        weak = role == "train" and name in slice_labels
+        if role != "healthy" and name not in lesions and not weak:
+            listing.skip(name, f"{entry}: labelled case has no lesion mask in {root / 'lesions'}"
+                               + (" nor slice labels in slice_labels/." if role == "train" else "."))
             continue
-        listing.cases.append(Case(name, entry, lesions.get(name), lungs.get(name)))
+        listing.cases.append(Case(name, entry, lesions.get(name), lungs.get(name),
+                                  slice_labels=slice_labels.get(name) if weak else None))
     return listing
 
 
