@@ -1,6 +1,7 @@
 """The Inf-Net paper's 2D metrics (Table II) for one probability map S_p in [0, 1] and its binary truth G.
 
-Dice (key dsc), sensitivity and specificity of S_p > 0.5; MAE = mean |S_p - G|; the structure measure
+Dice (key dsc), sensitivity and specificity of S_p > 0.5 (and our precision, psc, NaN without
+a positive prediction); MAE = mean |S_p - G|; the structure measure
 S_alpha (Fan et al., ICCV 2017; alpha = 0.5) of object- and region-level similarity; and the mean
 enhanced-alignment measure E_phi (Fan et al., IJCAI 2018) over the binary maps S_p > k/256, k = 0..255.
 """
@@ -18,7 +19,8 @@ def slice_metrics(prob: torch.Tensor, truth: torch.Tensor, threshold: float = 0.
     pred = prob > threshold
     tp, fp = (pred & truth).sum().item(), (pred & ~truth).sum().item()
     fn, tn = (~pred & truth).sum().item(), (~pred & ~truth).sum().item()
-    return {"dsc": 2 * tp / (2 * tp + fp + fn + EPS), "sen": tp / (tp + fn + EPS), "spec": tn / (tn + fp + EPS),
+    return {"dsc": 2 * tp / (2 * tp + fp + fn + EPS), "psc": tp / (tp + fp) if tp + fp else math.nan,
+            "sen": tp / (tp + fn + EPS), "spec": tn / (tn + fp + EPS),
             "s_alpha": structure_measure(prob, truth), "e_phi_mean": mean_enhanced_alignment(prob, truth),
             "mae": (prob - truth.double()).abs().mean().item()}
 

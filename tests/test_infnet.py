@@ -49,12 +49,13 @@ def test_slice_metrics_by_hand():
     truth[:2, :2] = True
     perfect = slice_metrics(truth.float(), truth)
     assert perfect["dsc"] == pytest.approx(1) and perfect["s_alpha"] == pytest.approx(1) and perfect["mae"] == 0
+    assert perfect["psc"] == 1
     assert perfect["e_phi_mean"] == pytest.approx(16 / 15)      # the measure divides by w*h - 1
     # wholly wrong: object similarity 0; each quadrant is flat in both maps, which the S-measure scores 1
     assert structure_measure((~truth).float(), truth) == pytest.approx(0.5)
     empty = torch.zeros(4, 4, dtype=torch.bool)
     flat = slice_metrics(torch.full((4, 4), 0.3), empty)
-    assert flat["s_alpha"] == pytest.approx(0.7) and flat["mae"] == pytest.approx(0.3)
+    assert flat["s_alpha"] == pytest.approx(0.7) and flat["mae"] == pytest.approx(0.3) and math.isnan(flat["psc"])
     # S_p > k/256 holds everywhere for k = 0..76 (E = 0) and nowhere for the other 179 thresholds (E = 16/15)
     assert flat["e_phi_mean"] == pytest.approx(179 / 256 * 16 / 15)
 
