@@ -113,7 +113,11 @@ def evaluate(args) -> int:
     evaluation = EnsembleEvaluation(run_dir, cfg.logging.overlays)
     summary = DatasetSummary(run_dir, cfg, [("test", name) for name in cfg.data.test])
     trainer = make_trainer(cfg, run_dir, [summary, evaluation])
-    datamodule = EvaluationDataModule(cfg)
+    if cfg.model.kind in ("infnet", "semi_infnet"):    # also COVID-SemiSeg's test slices, Inf-Net's metrics
+        from datamodules.covid_semiseg import SliceSegmentationDataModule
+        datamodule = SliceSegmentationDataModule(cfg)
+    else:
+        datamodule = EvaluationDataModule(cfg)
     trainer.validate(model, datamodule=datamodule)
     if trainer.is_global_zero:
         print(f"metrics: {run_dir / 'evaluation.md'}")
