@@ -7,7 +7,7 @@ EXP    ?= normnet
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train prepare evaluate predict test test-all bench lint clean
+.PHONY: install train prepare evaluate predict cv compare test test-all bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ evaluate: $(STAMP)       ## make evaluate CKPT="a.ckpt b.ckpt" ARGS="data.test=[
 
 predict: $(STAMP)        ## make predict CKPT=last.ckpt INPUT=scan/ OUTPUT=mask.nii.gz REPORT=report.json
 	$(BIN)/normnet predict --checkpoint $(CKPT) --input $(INPUT) --output $(OUTPUT) $(if $(REPORT),--report $(REPORT))
+
+cv: $(STAMP)             ## make cv EXP=unet3d ARGS="unet3d.folds=5": k-fold cross-validation, one run per fold
+	$(BIN)/normnet cv $(EXP) $(ARGS)
+
+compare: $(STAMP)        ## make compare RUNS="runs/normnet/train-... runs/unet3d/evaluate-...": Table III, CSV, PNG
+	$(BIN)/normnet compare $(RUNS) $(if $(OUTPUT),--output $(OUTPUT))
 
 test: $(STAMP)           ## fast CPU tests
 	$(BIN)/python -m pytest -q

@@ -17,11 +17,12 @@ from .data_sources import prepare_dataset, prepared_dir
 class LabelledVolumes(Dataset):
     """(dataset name, prepared folder) pairs flattened into one list of volumes."""
 
-    def __init__(self, sources: list[tuple[str, Path]], max_per_set: int | None = None):
+    def __init__(self, sources: list[tuple[str, Path]], max_per_set: int | None = None,
+                 only: set[tuple[str, str]] | None = None):
         self.items = []
         for dataset, folder in sources:
-            cases = load_index(folder)["cases"][:max_per_set]
-            self.items += [(dataset, Path(folder) / case["name"], case["name"]) for case in cases]
+            cases = [c for c in load_index(folder)["cases"] if only is None or (dataset, c["name"]) in only]
+            self.items += [(dataset, Path(folder) / case["name"], case["name"]) for case in cases[:max_per_set]]
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "LabelledVolumes":
@@ -56,3 +57,12 @@ class EvaluationDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.volumes, batch_size=1, num_workers=min(2, self.cfg.data.num_workers))
+
+
+class LabelledTrainingDataModule(EvaluationDataModule):
+    """For the baselines that train on labelled COVID-19 sets: `data.train` is prepared too."""
+
+    def prepare_data(self) -> None:
+        for name in self.cfg.data.train:
+            prepare_dataset(self.cfg, "train", name)
+        super().prepare_data()

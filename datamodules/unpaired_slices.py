@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_normnet.datasets.cache import load_index
 
-from .data_sources import prepare_dataset, prepared_dir
-from .evaluation import EvaluationDataModule
+from .data_sources import prepared_dir
+from .evaluation import LabelledTrainingDataModule
 
 
 class UnpairedSlices(Dataset):
@@ -53,12 +53,7 @@ class UnpairedSlices(Dataset):
         return {"x": self._slice(self.infected[i % len(self.infected)], rng), "y": self._slice(healthy, rng)}
 
 
-class UnpairedSliceDataModule(EvaluationDataModule):
-    def prepare_data(self) -> None:
-        for name in self.cfg.data.train:
-            prepare_dataset(self.cfg, "train", name)
-        super().prepare_data()
-
+class UnpairedSliceDataModule(LabelledTrainingDataModule):
     def setup(self, stage: str) -> None:
         c = self.cfg.cyclegan
         if stage == "fit":

@@ -1,6 +1,8 @@
 """`normnet train | prepare | predict | evaluate`.
 
     normnet train [--run-dir DIR] EXPERIMENT [key=value ...]
+    normnet cv [--run-dir DIR] EXPERIMENT [key=value ...]   k-fold cross-validation (unet3d)
+    normnet compare RUN RUN [...] [--output DIR]           Table III of runs scored on the same volumes
     normnet prepare EXPERIMENT [key=value ...]            cache the experiment's data
     normnet prepare --input DIR --output DIR [--labelled] cache any folder
     normnet predict --checkpoint CKPT [CKPT ...] --input CT --output MASK [--report R.json]
@@ -49,6 +51,42 @@ def train(args) -> int:
     return 0
 
 
+def compare(args) -> int:
+    from .comparison import compare as render_comparison
+
+    out = Path(args.output or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(render_comparison(args.runs, out))
+    print(f"\ncomparison: {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}")
+    return 0
+
+
+def cv(args) -> int:
+    """k-fold cross-validation: one run per fold in runs/<name>/cv-<time>/fold<f>/, then the summary.
+    A fold whose run finished (checkpoints/last.ckpt) is not trained again, so `--run-dir` resumes."""
+    import lightning as L
+
+    from .config import apply_overrides
+    from .cross_validation import summarize_folds
+    from .training import FITTERS
+
+    cfg = load_config(args.experiment, args.overrides)
+    if cfg.model.kind != "unet3d":
+        raise ConfigError(f"cv trains the supervised U-Net (model.kind=unet3d), not {cfg.model.kind}.")
+    if args.run_dir:
+        os.environ["NORMNET_RUN_DIR"] = args.run_dir
+        Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+    cv_dir = _run_dir(cfg, "cv")
+    for fold in range(cfg.unet3d.folds):
+        fold_dir = cv_dir / f"fold{fold}"
+        if (fold_dir / "checkpoints" / "last.ckpt").is_file():
+            continue
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        L.seed_everything(cfg.seed, workers=True)
+        FITTERS["unet3d"](apply_overrides(cfg, [f"unet3d.fold={fold}", "data.test=[]"]), fold_dir)
+    print(f"\n{cfg.unet3d.folds}-fold cross-validation ({cv_dir}):\n{summarize_folds(cv_dir, cfg.unet3d.folds)}")
+    return 0
+
+
 def load_ensemble(checkpoints: list[str], overrides: list[str], device):
     """The model of the checkpoints with the config of the first, plus overrides. NormNet checkpoints
     vote together (one NormNet whose members are those of all checkpoints); other methods take one."""
@@ -57,6 +95,7 @@ def load_ensemble(checkpoints: list[str], overrides: list[str], device):
     from .models.cyclegan import CycleGAN
     from .models.infnet import InfNetModel
     from .models.normnet import NormNet
+    from .models.unet3d import SupervisedUNet
 
     for path in checkpoints:
         if not Path(path).is_file():
@@ -66,7 +105,7 @@ def load_ensemble(checkpoints: list[str], overrides: list[str], device):
     if kind != "normnet":
         if len(checkpoints) > 1:
             raise ConfigError(f"{kind} checkpoints do not vote: give one.")
-        model_class = CycleGAN if kind == "cyclegan" else InfNetModel
+        model_class = {"cyclegan": CycleGAN, "unet3d": SupervisedUNet}.get(kind, InfNetModel)
         model = model_class.load_from_checkpoint(checkpoints[0], map_location=device, weights_only=False)
         model.cfg = config_from_checkpoint(saved, overrides)
         return model.to(device).eval(), model.cfg
@@ -157,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="continue in this run folder (Semi-Inf-Net resumes its pseudo-label rounds)")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=train)
+    p = sub.add_parser("compare", help="Table III of runs scored on the same volumes (markdown, CSV, PNG)")
+    p.add_argument("runs", nargs="+", help="run folders (train, evaluate or cv)")
+    p.add_argument("--output", help="folder for compare.md/.csv/.png (default runs/compare-<time>)")
+    p.set_defaults(func=compare)
+    p = sub.add_parser("cv", help="k-fold cross-validation of the supervised U-Net (unet3d.folds)")
+    p.add_argument("--run-dir", help="continue in this cv folder (finished folds are kept)")
+    p.add_argument("experiment")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=cv)
     p = sub.add_parser("prepare", help="build the preprocessed cache")
     p.add_argument("experiment", nargs="?")
     p.add_argument("overrides", nargs="*")

@@ -17,7 +17,8 @@ from omegaconf.errors import ConfigKeyError
 from .datasets import HEALTHY_SETS, TEST_SETS
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
-METHOD_GROUPS = {"normnet": (), "infnet": ("infnet",), "semi_infnet": ("infnet", "semi"), "cyclegan": ("cyclegan",)}
+METHOD_GROUPS = {"normnet": (), "infnet": ("infnet",), "semi_infnet": ("infnet", "semi"), "cyclegan": ("cyclegan",),
+                 "unet3d": ("unet3d",)}
 
 
 class ConfigError(ValueError):

@@ -45,6 +45,13 @@ def segmentation_metrics(pred: torch.Tensor, truth: torch.Tensor, lung: torch.Te
             "psc": _ratio(tp, tp + fp), "sen": _ratio(tp, tp + fn), "spec": _ratio(tn_lung, tn_lung + fp_lung)}
 
 
+def volume_record(batch: dict, lesion: torch.Tensor) -> dict:
+    """The per-volume record of a validation batch (one labelled volume): its set, name and Table III metrics."""
+    record = {"dataset": batch["dataset"][0], "name": batch["name"][0]}
+    record.update(segmentation_metrics(lesion, batch["lesion"], batch["lung"]))
+    return record
+
+
 def bright_voxel_metrics(healthy_vote: torch.Tensor, healthy_probability: torch.Tensor, image: torch.Tensor,
                          lung: torch.Tensor, lesion: torch.Tensor, tau: float) -> dict[str, float]:
     """Table II on the bright lung voxels: positive = healthy tissue, negative = lesion."""

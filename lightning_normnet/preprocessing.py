@@ -20,7 +20,7 @@ from .io import image_like
 
 @dataclass
 class PreparedVolume:
-    image: np.ndarray          # H: windowed [0, 1], zero outside the lung, (z, y, x) float32
+    image: np.ndarray          # H: windowed [0, 1], zero outside the lung (mask_outside_lung), (z, y, x) float32
     lung: np.ndarray           # M: bool
     lesion: np.ndarray | None  # ground truth on the same grid, when given
     resampled: sitk.Image      # the reoriented, resampled grid the crop was taken from
@@ -106,11 +106,14 @@ def prepare_volume(image: sitk.Image, lung: sitk.Image, cfg: DictConfig, lesion:
     lesion_array = None
     if lesion is not None:
         lesion_array = sitk.GetArrayFromImage(resample(reorient(lesion, cfg.orientation), cfg.spacing, True)) > 0
-    thorax = window(sitk.GetArrayViewFromImage(image), *cfg.window) * lung_array
+    windowed = window(sitk.GetArrayViewFromImage(image), *cfg.window)
+    thorax = windowed * lung_array
     if cfg.edge_removal.enabled and (training or cfg.edge_removal.at_inference):
         lung_array = remove_erroneous_edges(thorax, lung_array, cfg.edge_removal.threshold,
                                             cfg.edge_removal.boundary_width, cfg.edge_removal.min_fraction)
         thorax = thorax * lung_array
+    if not cfg.mask_outside_lung:      # methods that see the whole thorax (the supervised U-Net)
+        thorax = windowed
     start = lung_centred_window(lung_array, cfg.in_plane_size)
     depth = int(np.flatnonzero(lung_array.any(axis=(1, 2)))[-1]) + 1 - start[0]
     size = (depth, *cfg.in_plane_size)

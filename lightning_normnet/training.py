@@ -37,8 +37,9 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, log: bool = Tr
     return L.Trainer(**options)
 
 
-def _evaluation_callbacks(cfg: DictConfig, run_dir: Path, healthy: bool) -> list:
-    sources = ([("healthy", cfg.data.healthy)] if healthy else []) + [("test", n) for n in cfg.data.test]
+def _evaluation_callbacks(cfg: DictConfig, run_dir: Path, healthy: bool, train: bool = False) -> list:
+    sources = (([("healthy", cfg.data.healthy)] if healthy else []) + [("train", n) for n in cfg.data.train] * train
+               + [("test", n) for n in cfg.data.test])
     return [DatasetSummary(run_dir, cfg, sources), EnsembleEvaluation(run_dir, cfg.logging.overlays)]
 
 
@@ -160,11 +161,29 @@ def fit_cyclegan(cfg: DictConfig, run_dir: Path) -> Path:
     from .models.cyclegan import CycleGAN
 
     c = cfg.cyclegan
-    trainer = make_trainer(cfg, run_dir, _evaluation_callbacks(cfg, run_dir, healthy=False), max_epochs=c.epochs,
+    trainer = make_trainer(cfg, run_dir, _evaluation_callbacks(cfg, run_dir, healthy=False, train=True),
+                           max_epochs=c.epochs,
                            check_val_every_n_epoch=max(1, min(c.val_every, c.epochs)),
                            reload_dataloaders_every_n_epochs=1, enable_checkpointing=False)
     trainer.fit(CycleGAN(OmegaConf.to_container(cfg, resolve=True)), datamodule=UnpairedSliceDataModule(cfg))
     return _finish(trainer, run_dir)
 
 
-FITTERS = {"normnet": fit_normnet, "infnet": fit_infnet, "semi_infnet": fit_semi_infnet, "cyclegan": fit_cyclegan}
+def fit_unet3d(cfg: DictConfig, run_dir: Path) -> Path:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from datamodules.labelled_patches import LabelledPatchDataModule
+
+    from .models.unet3d import SupervisedUNet
+
+    u = cfg.unet3d
+    stopping = EarlyStopping(monitor="val/dsc", mode="max", patience=u.early_stopping_patience, strict=False)
+    trainer = make_trainer(cfg, run_dir, _evaluation_callbacks(cfg, run_dir, healthy=False, train=True) + [stopping],
+                           max_epochs=u.max_epochs, check_val_every_n_epoch=u.val_every,
+                           reload_dataloaders_every_n_epochs=1, enable_checkpointing=False)
+    trainer.fit(SupervisedUNet(OmegaConf.to_container(cfg, resolve=True)), datamodule=LabelledPatchDataModule(cfg))
+    return _finish(trainer, run_dir)
+
+
+FITTERS = {"normnet": fit_normnet, "infnet": fit_infnet, "semi_infnet": fit_semi_infnet, "cyclegan": fit_cyclegan,
+           "unet3d": fit_unet3d}

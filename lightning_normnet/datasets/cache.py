@@ -42,7 +42,7 @@ def preparation_settings(cfg: DictConfig, role: str, name: str, root: Path) -> d
     return {
         "version": VERSION, "dataset": name, "role": role, "root": str(Path(root).resolve()),
         "spacing": list(pre.spacing), "orientation": pre.orientation, "window": list(pre.window),
-        "in_plane_size": list(pre.in_plane_size),
+        "in_plane_size": list(pre.in_plane_size), "mask_outside_lung": pre.mask_outside_lung,
         "edge_removal": {k: edges[k] for k in ("threshold", "boundary_width", "min_fraction")}
         if removes_edges else None,
         "lung_mask": {k: lung[k] for k in lung_keys},

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..difference_postprocessing import extract_lesions
 from ..inference import slice_by_slice
-from ..metrics import segmentation_metrics
+from ..metrics import volume_record
 from ..networks.cyclegan import UNetGenerator, patch_discriminator
 
 
@@ -127,9 +127,7 @@ class CycleGAN(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         lesion = self.predict_volume(batch["image"], batch["lung"])
-        record = {"dataset": batch["dataset"][0], "name": batch["name"][0]}
-        record.update(segmentation_metrics(lesion, batch["lesion"], batch["lung"]))
-        return {"record": record, "lesion": lesion}
+        return {"record": volume_record(batch, lesion), "lesion": lesion}
 
     def configure_optimizers(self):
         c = self.cfg.cyclegan

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from ..inference import slice_by_slice
 from ..io import InputError
 from ..losses import structure_loss
-from ..metrics import segmentation_metrics
+from ..metrics import volume_record
 from ..networks.infnet import InfNet
 from ..networks.res2net import imagenet_normalise
 from ..slice_metrics import slice_metrics
@@ -100,11 +100,10 @@ class InfNetModel(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         """A 3D labelled volume (NormNet's metrics) or a COVID-SemiSeg test slice (Inf-Net's)."""
-        record = {"dataset": batch["dataset"][0], "name": batch["name"][0]}
         if "truth" not in batch:
             lesion = self.predict_volume(batch["image"], batch["lung"])
-            record.update(segmentation_metrics(lesion, batch["lesion"], batch["lung"]))
-            return {"record": record, "lesion": lesion}
+            return {"record": volume_record(batch, lesion), "lesion": lesion}
+        record = {"dataset": batch["dataset"][0], "name": batch["name"][0]}
         probability = self.probability(batch["image"], (int(batch["height"][0]), int(batch["width"][0])))
         record.update(slice_metrics(probability[0, 0], batch["truth"][0, 0], self.cfg.infnet.threshold))
         return {"record": record}

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..inference import EnsemblePrediction, predict_lesions
-from ..metrics import bright_voxel_metrics, segmentation_metrics
+from ..metrics import bright_voxel_metrics, volume_record
 
 
 def build_unet(model: DictConfig) -> UNet:
@@ -63,8 +63,7 @@ class NormNet(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         result = self.predict_volume(batch["image"], batch["lung"])
-        record = {"dataset": batch["dataset"][0], "name": batch["name"][0]}
-        record.update(segmentation_metrics(result.lesion, batch["lesion"], batch["lung"]))
+        record = volume_record(batch, result.lesion)
         record.update(bright_voxel_metrics(result.healthy, result.healthy_probability, batch["image"],
                                            batch["lung"], batch["lesion"], self.cfg.target.tau))
         return {"record": record, "lesion": result.lesion}

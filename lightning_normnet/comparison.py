@@ -1,0 +1,131 @@
+"""`normnet compare`: the Table III layout of the NormNet paper from the saved per-volume results of runs.
+
+A run folder (train or evaluate, of any method) holds evaluation.json, whose last validation lists
+every scored volume; a cross-validation folder (fold*/) pools its folds. Methods are grouped as
+label-free (NormNet, cycle-GAN) or (semi-)supervised (Inf-Net, Semi-Inf-Net, the 3D U-Net); per dataset
+the table gives DSC / PSC / SEN as mean +/- std over volumes (%), the best mean of each column in bold.
+Runs scored on different volumes are refused: a comparison is only fair on the same volumes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from .io import InputError, write_text
+
+LABEL_FREE = ("normnet", "cyclegan")
+GROUPS = {"label-free": LABEL_FREE, "(semi-)supervised": ("infnet", "semi_infnet", "unet3d")}
+COLUMNS = ("dsc", "psc", "sen")
+
+
+@dataclass
+class MethodResult:
+    name: str
+    kind: str
+    records: list[dict]
+
+    @property
+    def group(self) -> str:
+        return "label-free" if self.kind in LABEL_FREE else "(semi-)supervised"
+
+    def volumes(self) -> set[tuple[str, str]]:
+        return {(r["dataset"], r["name"]) for r in self.records}
+
+
+def load_run(path: str | Path) -> MethodResult:
+    path = Path(path)
+    folds = sorted(path.glob("fold*/evaluation.json"))
+    files = folds or [path / "evaluation.json"]
+    if not files[0].is_file():
+        raise InputError(f"{path}: no evaluation.json (nor fold*/evaluation.json): not a finished run folder.")
+    config_file = next((p for p in (path / "config.yaml", files[0].parent / "config.yaml") if p.is_file()), None)
+    config = OmegaConf.load(config_file) if config_file else OmegaConf.create({})
+    records = [r for f in files for r in json.loads(f.read_text())[-1]["volumes"]]
+    name = str(config.get("name", path.name)) + (" (cv)" if folds else "")
+    return MethodResult(name, str(OmegaConf.select(config, "model.kind", default="normnet")), records)
+
+
+def check_same_volumes(results: list[MethodResult]) -> None:
+    reference = results[0]
+    for other in results[1:]:
+        missing, extra = reference.volumes() - other.volumes(), other.volumes() - reference.volumes()
+        if missing or extra:
+            shown = ", ".join(f"{d}/{n}" for d, n in sorted(missing | extra)[:5])
+            raise InputError(f"{other.name} and {reference.name} were scored on different volumes "
+                             f"({len(missing)} only in {reference.name}, {len(extra)} only in {other.name}: {shown}).")
+
+
+def _stats(records: list[dict], dataset: str, key: str) -> tuple[float, float]:
+    values = np.array([r[key] for r in records if r["dataset"] == dataset and key in r], dtype=float)
+    values = values[~np.isnan(values)]
+    return (float(values.mean()), float(values.std())) if len(values) else (math.nan, math.nan)
+
+
+def comparison_rows(results: list[MethodResult]) -> tuple[list[str], list[tuple[str, str, dict]]]:
+    """Datasets, and per method (group, name, {(dataset, key): (mean, std)}), label-free first."""
+    datasets = sorted({d for r in results for d, _ in r.volumes()})
+    ordered = sorted(results, key=lambda r: (r.group != "label-free", r.name))
+    return datasets, [(r.group, r.name, {(d, k): _stats(r.records, d, k) for d in datasets for k in COLUMNS})
+                      for r in ordered]
+
+
+def render(results: list[MethodResult]) -> tuple[str, str]:
+    """(markdown, csv) of the comparison; the best mean per column in bold."""
+    datasets, rows = comparison_rows(results)
+    best = {c: max((s[c][0] for _, _, s in rows if not math.isnan(s[c][0])), default=math.nan)
+            for c in [(d, k) for d in datasets for k in COLUMNS]}
+    header = ["group", "method"] + [f"{d} {k.upper()}" for d in datasets for k in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["group", "method"] + [f"{d} {k} {s}" for d in datasets for k in COLUMNS for s in ("mean", "std")])
+    for group, name, stats in rows:
+        cells = []
+        for column in [(d, k) for d in datasets for k in COLUMNS]:
+            mean, std = stats[column]
+            text = "n/a" if math.isnan(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+            cells.append(f"**{text}**" if not math.isnan(mean) and mean == best[column] else text)
+        lines.append(f"| {group} | {name} | " + " | ".join(cells) + " |")
+        writer.writerow([group, name] + [v for d in datasets for k in COLUMNS for v in stats[(d, k)]])
+    return "\n".join(lines), table.getvalue()
+
+
+def box_plot(results: list[MethodResult], path: Path) -> None:
+    """Per dataset, box plots of the per-volume Dice of every method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets, _ = comparison_rows(results)
+    figure, axes = plt.subplots(1, len(datasets), figsize=(3 + 2 * len(results) * len(datasets), 4), squeeze=False)
+    for axis, dataset in zip(axes[0], datasets):
+        values = [[100 * r["dsc"] for r in m.records if r["dataset"] == dataset] for m in results]
+        axis.boxplot(values)
+        axis.set_xticks(range(1, len(results) + 1), [m.name for m in results], rotation=30, ha="right")
+        axis.set_title(dataset)
+        axis.set_ylabel("DSC per volume (%)")
+    figure.tight_layout()
+    tmp = path.with_name(f".tmp-{path.name}")
+    figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def compare(runs: list[str | Path], out_dir: str | Path) -> str:
+    if len(runs) < 2:
+        raise InputError("compare needs at least two run folders.")
+    results = [load_run(r) for r in runs]
+    check_same_volumes(results)
+    markdown, table = render(results)
+    out_dir = Path(out_dir)
+    write_text(out_dir / "compare.md", markdown + "\n")
+    write_text(out_dir / "compare.csv", table)
+    box_plot(results, out_dir / "compare.png")
+    return markdown

@@ -1,0 +1,74 @@
+"""The supervised 3D U-Net of Mueller et al. (MIScnn) as a LightningModule.
+
+A standard 3D U-Net (MONAI): 32 feature maps at full resolution to 512 at the lowest, batch norm,
+stride-2 downsampling, transposed-convolution upsampling; loss Eq. (5)-(7): the multi-class Tversky
+loss N - sum_c TP_c / (TP_c + a FN_c + b FP_c) (a = b = 0.5, counts summed over the batch) plus
+categorical cross-entropy; Adam 1e-3, the learning rate x0.1 when the validation DSC has not risen for
+15 epochs (min 1e-5) and early stopping after 100 (the authors monitored the training loss). Inference:
+sliding windows of the patch size with half-patch overlap, averaged.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import TverskyLoss
+from monai.networks.nets import UNet
+from omegaconf import OmegaConf
+from torch import nn
+
+from ..metrics import volume_record
+
+
+def z_score(image: torch.Tensor) -> torch.Tensor:
+    """A volume to zero mean and unit variance, as the training patches were (per volume)."""
+    return (image - image.mean()) / image.std().clamp(min=1e-6)
+
+
+def tversky_cross_entropy(alpha: float = 0.5, beta: float = 0.5):
+    """Eq. (5): summed Tversky losses of all classes (batch-wide counts) + mean cross-entropy. As in
+    Eq. (6), alpha weighs the false negatives and beta the false positives (MONAI names them the other
+    way round)."""
+    tversky = TverskyLoss(to_onehot_y=True, softmax=True, alpha=beta, beta=alpha, batch=True, reduction="sum")
+    cross_entropy = nn.CrossEntropyLoss()
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return tversky(logits, labels) + cross_entropy(logits, labels[:, 0])
+    return loss
+
+
+class SupervisedUNet(L.LightningModule):
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(config)
+        u = self.cfg.unet3d
+        self.net = UNet(spatial_dims=3, in_channels=1, out_channels=u.classes, channels=tuple(u.channels),
+                        strides=(2,) * (len(u.channels) - 1), num_res_units=0, norm="BATCH")
+        self.loss = tversky_cross_entropy(u.tversky_alpha, u.tversky_beta)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self.net(batch["image"]), batch["label"])
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
+        """Infection mask of a prepared (1, 1, D, H, W) volume: z-scored, sliding windows, argmax."""
+        u = self.cfg.unet3d
+        roi = tuple(reversed(u.patch))                      # (z, y, x) of the (x, y, z) patch
+        logits = sliding_window_inference(z_score(image), roi, u.batch_size, self.net, overlap=0.5, mode="constant")
+        return logits.argmax(dim=1, keepdim=True) == u.classes - 1
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        lesion = self.predict_volume(batch["image"])
+        record = volume_record(batch, lesion)
+        self.log("val/dsc", record["dsc"], on_epoch=True, batch_size=1, sync_dist=True)
+        return {"record": record, "lesion": lesion}
+
+    def configure_optimizers(self):
+        u = self.cfg.unet3d
+        optimizer = torch.optim.Adam(self.parameters(), lr=u.lr)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1,
+                                                             patience=u.plateau_patience, min_lr=u.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/dsc",
+                                                         "interval": "epoch", "strict": False}}

@@ -1,0 +1,97 @@
+"""The supervised 3D U-Net: its loss by hand, patch sampling, aligned augmentation, fold assignment, and a
+tiny cross-validation and comparison through the command line."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchio as tio
+
+from datamodules.labelled_patches import augmentation, class_labels, random_patch
+from lightning_normnet.cli import main
+from lightning_normnet.cross_validation import fold_assignment
+from lightning_normnet.models.unet3d import tversky_cross_entropy
+
+
+def logits_for(probabilities):
+    """(1, C, N, 1, 1) logits whose softmax over C is `probabilities` (C x N)."""
+    return torch.log(torch.tensor(probabilities, dtype=torch.float32))[None, :, :, None, None]
+
+
+def test_tversky_cross_entropy_by_hand():
+    """Voxel 0 (class 0) predicted (0.8, 0.2), voxel 1 (class 1) predicted (0.4, 0.6); alpha = 0.7 on FN,
+    beta = 0.3 on FP. Class 0: TP 0.8, FN 0.2, FP 0.4 -> 0.8 / 1.06; class 1: TP 0.6, FN 0.4, FP 0.2 ->
+    0.6 / 0.94. Loss = 2 - 0.8/1.06 - 0.6/0.94 + CE, CE = -(ln 0.8 + ln 0.6) / 2."""
+    logits = logits_for([[0.8, 0.4], [0.2, 0.6]])
+    labels = torch.tensor([0, 1])[None, None, :, None, None]
+    expected = 2 - 0.8 / 1.06 - 0.6 / 0.94 - (math.log(0.8) + math.log(0.6)) / 2
+    assert tversky_cross_entropy(0.7, 0.3)(logits, labels).item() == pytest.approx(expected, abs=1e-4)
+    uniform = logits_for([[0.5, 0.5], [0.5, 0.5]])
+    assert tversky_cross_entropy()(uniform, labels).item() == pytest.approx(1 + math.log(2), abs=1e-4)
+
+
+def test_classes():
+    lung = np.array([1, 1, 0, 1], bool)
+    lesion = np.array([0, 1, 0, 0], bool)
+    assert class_labels(lung, lesion, 3).tolist() == [1, 2, 0, 1]
+    assert class_labels(lung, lesion, 2).tolist() == [0, 1, 0, 0]
+
+
+def test_patches_lie_inside_the_volume():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        window = random_patch((30, 100, 60), (80, 40, 40), rng)
+        assert window[0] == slice(0, 30)                              # thinner than the patch: the whole axis
+        assert all(0 <= w.start and w.stop <= s for w, s in zip(window, (30, 100, 60)))
+        assert (window[1].stop - window[1].start, window[2].stop - window[2].start) == (40, 40)
+
+
+def test_augmentation_keeps_image_and_labels_aligned():
+    """Image = 5 x label: after every augmentation at p = 1 the bright region is the labelled one (up to
+    interpolation at its border; a misaligned pair scores far lower)."""
+    torch.manual_seed(0)
+    labels = torch.zeros(1, 64, 64, 48, dtype=torch.long)             # (x, y, z) like a patch
+    labels[:, 16:40, 20:50, 10:34] = 1
+    for _ in range(5):
+        subject = augmentation(1.0)(tio.Subject(image=tio.ScalarImage(tensor=5.0 * labels.float()),
+                                                label=tio.LabelMap(tensor=labels)))
+        image_region, label_region = subject["image"].data > 2.5, subject["label"].data == 1
+        dice = 2 * (image_region & label_region).sum() / (image_region.sum() + label_region.sum())
+        assert dice > 0.9
+
+
+def test_fold_assignment():
+    volumes = [("a", f"v{i}") for i in range(7)]
+    folds = fold_assignment(volumes, 3, seed=0)
+    assert sorted(np.bincount(list(folds.values()))) == [2, 2, 3] and set(folds) == set(volumes)
+    assert folds == fold_assignment(list(reversed(volumes)), 3, seed=0)        # deterministic
+    assert folds != fold_assignment(volumes, 3, seed=1)
+    with pytest.raises(ValueError, match="2 <= k"):
+        fold_assignment(volumes, 8, seed=0)
+
+
+UNET = ["unet3d.patch=[32,32,8]", "unet3d.channels=[4,8,16]", "unet3d.batches_per_epoch=2", "unet3d.max_epochs=1"]
+
+
+def test_cross_validation_and_comparison(tmp_path, tiny_overrides, capsys):
+    assert main(["cv", "unet3d", *tiny_overrides, *UNET, "data.phantom.train_volumes=3", "unet3d.folds=2"]) == 0
+    cv_dir = next((tmp_path / "runs" / "unet3d").glob("cv-*"))
+    summary = json.loads((cv_dir / "cv_summary.json").read_text())
+    assert [len(fold) for fold in summary["folds"]] in ([2, 1], [1, 2])
+    assert "mean over folds" in (cv_dir / "cv_summary.md").read_text()
+
+    assert main(["train", "unet3d", *tiny_overrides, *UNET]) == 0
+    assert main(["train", "normnet_quick", *tiny_overrides]) == 0
+    unet, normnet = (next((tmp_path / "runs" / n).glob("train-*")) for n in ("unet3d", "normnet_quick"))
+    capsys.readouterr()
+    assert main(["compare", str(normnet), str(unet), "--output", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
+    assert table[0].startswith("| group | method | phantom DSC | phantom PSC | phantom SEN |")
+    assert table[2].startswith("| label-free | normnet_quick |")
+    assert table[3].startswith("| (semi-)supervised | unet3d |")
+    assert "**" in "".join(table[2:])
+    assert (tmp_path / "cmp" / "compare.csv").read_text().startswith("group,method,phantom dsc mean")
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
+    assert main(["compare", str(normnet), str(cv_dir)]) == 2
+    assert "were scored on different volumes" in capsys.readouterr().err
