@@ -76,7 +76,7 @@ class EnsembleEvaluation(L.Callback):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "evaluation.json", json.dumps(_finite(self.history), indent=1))
         write_text(self.run_dir / "evaluation.md", table + "\n")
-        keys = ["dataset", "name"] + [k for k in METRIC_KEYS if any(k in r for r in records)]
+        keys = ["dataset", "name"] + [k for k in ("source",) + METRIC_KEYS if any(k in r for r in records)]
         new = not (self.run_dir / "volumes.csv").exists()
         with open(self.run_dir / "volumes.csv", "a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["step"] + keys, restval="")

@@ -61,7 +61,7 @@ def raw_root(cfg: DictConfig, role: str, name: str) -> Path:
     return Path(cfg.datasets[name].root)
 
 
-def _options(cfg: DictConfig, name: str):
+def dataset_options(cfg: DictConfig, name: str):
     return cfg.datasets[name] if name in cfg.datasets else {}
 
 
@@ -77,7 +77,7 @@ def prepare_dataset(cfg: DictConfig, role: str, name: str) -> Path:
         write_phantom_dataset(root, _phantom_count(cfg, role), PHANTOM_SEEDS[role], ph.size, ph.spacing,
                               covid=role != "healthy")
     out = prepared_dir(cfg, role, name)
-    listing = discover(name, root, _options(cfg, name), role)
+    listing = discover(name, root, dataset_options(cfg, name), role)
     index = prepare_cases(listing, out, cfg, training=role == "healthy", description=f"prepare {role} {name}",
                           settings=preparation_settings(cfg, role, name, root))
     print(format_summary([summary_row(name, role, index)]))

@@ -22,7 +22,8 @@ class LabelledVolumes(Dataset):
         self.items = []
         for dataset, folder in sources:
             cases = [c for c in load_index(folder)["cases"] if only is None or (dataset, c["name"]) in only]
-            self.items += [(dataset, Path(folder) / case["name"], case["name"]) for case in cases[:max_per_set]]
+            self.items += [(dataset, Path(folder) / case["name"], case["name"], case["source"])
+                           for case in cases[:max_per_set]]
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "LabelledVolumes":
@@ -32,11 +33,11 @@ class LabelledVolumes(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        dataset, folder, name = self.items[i]
+        dataset, folder, name, source = self.items[i]
         return {"image": torch.from_numpy(np.load(folder / "image.npy").astype(np.float32))[None],
                 "lung": torch.from_numpy(np.load(folder / "lung.npy"))[None],
                 "lesion": torch.from_numpy(np.load(folder / "lesion.npy"))[None],
-                "dataset": dataset, "name": name}
+                "dataset": dataset, "name": name, "source": source}
 
 
 class EvaluationDataModule(L.LightningDataModule):

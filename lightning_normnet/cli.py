@@ -7,6 +7,7 @@
     normnet prepare --input DIR --output DIR [--labelled] cache any folder
     normnet predict --checkpoint CKPT [CKPT ...] --input CT --output MASK [--report R.json]
     normnet evaluate --checkpoint CKPT [CKPT ...] [key=value ...]
+    normnet evaluate --masks DIR [--experiment EXP] [--method NAME] [key=value ...]   score predicted masks
 """
 from __future__ import annotations
 
@@ -31,7 +32,16 @@ def _run_dir(cfg, kind: str) -> Path:
         return Path(inherited)
     stamp = os.environ.get("SLURM_JOB_ID") or time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.output_dir) / cfg.name / f"{kind}-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok="SLURM_JOB_ID" in os.environ)
+    if "SLURM_JOB_ID" in os.environ:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:                                   # two runs started in the same second get -2, -3, ...
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        for n in range(2, 1000):
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                run_dir = run_dir.with_name(f"{kind}-{stamp}-{n}")
     OmegaConf.save(cfg, run_dir / "config.yaml")
     os.environ["NORMNET_RUN_DIR"] = str(run_dir)
     return run_dir
@@ -140,6 +150,24 @@ def predict(args) -> int:
     return 0
 
 
+def evaluate_masks(args) -> int:
+    """Score another method's predicted masks (a folder) on data.test; the run can join `compare`."""
+    from datamodules.data_sources import prepare_dataset
+
+    from .external_predictions import score_masks
+
+    cfg = load_config(args.experiment or "normnet", args.overrides)
+    for name in cfg.data.test:
+        prepare_dataset(cfg, "test", name)
+    cfg.name = args.method
+    run_dir = _run_dir(cfg, "evaluate")
+    saved = OmegaConf.to_container(cfg)
+    saved["model"]["kind"] = "external"           # compare groups it with the (semi-)supervised methods
+    OmegaConf.save(OmegaConf.create(saved), run_dir / "config.yaml")
+    print(f"{score_masks(cfg, args.masks, run_dir)}\nmetrics: {run_dir / 'evaluation.md'}")
+    return 0
+
+
 def evaluate(args) -> int:
     from callbacks.dataset_summary import DatasetSummary
     from callbacks.ensemble_evaluation import EnsembleEvaluation
@@ -147,6 +175,10 @@ def evaluate(args) -> int:
 
     from .training import make_trainer
 
+    if args.masks:
+        return evaluate_masks(args)
+    if not args.checkpoint:
+        raise ConfigError("evaluate needs --checkpoint CKPT [...] or --masks DIR.")
     model, cfg = load_ensemble(args.checkpoint, args.overrides, "cpu")
     run_dir = _run_dir(cfg, "evaluate")
     evaluation = EnsembleEvaluation(run_dir, cfg.logging.overlays)
@@ -220,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lung-mask", help="lung mask file to use instead of computing one")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=predict)
-    p = sub.add_parser("evaluate", help="score checkpoints on the labelled sets of data.test")
-    p.add_argument("--checkpoint", nargs="+", required=True)
+    p = sub.add_parser("evaluate", help="score checkpoints, or a folder of predicted masks, on data.test")
+    p.add_argument("--checkpoint", nargs="+")
+    p.add_argument("--masks", help="folder of predicted lesion masks: <dataset>/<case>.* or <case>.*")
+    p.add_argument("--experiment", help="with --masks: the experiment whose data and grid to score on")
+    p.add_argument("--method", default="external", help="with --masks: the method's name in compare")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=evaluate)
     return parser
@@ -229,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if hasattr(args, "checkpoint"):   # `--checkpoint a.ckpt b.ckpt key=value`: nargs='+' also took the overrides
+    if getattr(args, "checkpoint", None):   # `--checkpoint a.ckpt b.ckpt key=value`: nargs='+' took the overrides
         args.overrides = [c for c in args.checkpoint if "=" in c] + args.overrides
         args.checkpoint = [c for c in args.checkpoint if "=" not in c]
     launched_by_parent = "NORMNET_RUN_DIR" in os.environ

@@ -36,7 +36,9 @@ class MethodResult:
         return "label-free" if self.kind in LABEL_FREE else "(semi-)supervised"
 
     def volumes(self) -> set[tuple[str, str]]:
-        return {(r["dataset"], r["name"]) for r in self.records}
+        """(dataset, volume) pairs; the volume named by its source file where the run recorded it, so two
+        phantom sets of other settings (same case names) do not pass for the same volumes."""
+        return {(r["dataset"], r.get("source") or r["name"]) for r in self.records}
 
 
 def load_run(path: str | Path) -> MethodResult:

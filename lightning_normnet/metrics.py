@@ -46,8 +46,9 @@ def segmentation_metrics(pred: torch.Tensor, truth: torch.Tensor, lung: torch.Te
 
 
 def volume_record(batch: dict, lesion: torch.Tensor) -> dict:
-    """The per-volume record of a validation batch (one labelled volume): its set, name and Table III metrics."""
-    record = {"dataset": batch["dataset"][0], "name": batch["name"][0]}
+    """The per-volume record of a validation batch (one labelled volume): its set, name, source file and
+    Table III metrics."""
+    record = {"dataset": batch["dataset"][0], "name": batch["name"][0], "source": batch["source"][0]}
     record.update(segmentation_metrics(lesion, batch["lesion"], batch["lung"]))
     return record
 

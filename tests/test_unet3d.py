@@ -95,3 +95,34 @@ def test_cross_validation_and_comparison(tmp_path, tiny_overrides, capsys):
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
     assert main(["compare", str(normnet), str(cv_dir)]) == 2
     assert "were scored on different volumes" in capsys.readouterr().err
+
+
+def test_predicted_masks_from_a_folder_are_scored_on_the_same_grid(tmp_path, tiny_overrides, capsys):
+    """The truth itself as 'predictions' scores DSC 1 on every volume; an empty mask 0; a missing one is refused."""
+    import shutil
+
+    from lightning_normnet.io import read_image, write_image
+
+    assert main(["prepare", "normnet_quick", *tiny_overrides]) == 0
+    truth = sorted((tmp_path / "cache" / "phantom").glob("*/test/lesions/*.nii.gz"))
+    (tmp_path / "perfect" / "phantom").mkdir(parents=True)
+    for path in truth:
+        shutil.copy(path, tmp_path / "perfect" / "phantom" / path.name)
+    assert main(["evaluate", "--masks", str(tmp_path / "perfect"), "--experiment", "normnet_quick", "--method",
+                 "nnunet", *tiny_overrides]) == 0
+    run = next((tmp_path / "runs" / "nnunet").glob("evaluate-*"))
+    volumes = json.loads((run / "evaluation.json").read_text())[-1]["volumes"]
+    assert len(volumes) == 2 and all(v["dsc"] == 1.0 for v in volumes)
+
+    empty = read_image(truth[0]) * 0
+    (tmp_path / "empty").mkdir()
+    for path in truth:
+        write_image(empty, tmp_path / "empty" / path.name)
+    assert main(["evaluate", "--masks", str(tmp_path / "empty"), "--experiment", "normnet_quick", *tiny_overrides]) == 0
+    run = next((tmp_path / "runs" / "external").glob("evaluate-*"))
+    assert all(v["dsc"] == 0.0 for v in json.loads((run / "evaluation.json").read_text())[-1]["volumes"])
+
+    (tmp_path / "empty" / truth[1].name).unlink()
+    capsys.readouterr()
+    assert main(["evaluate", "--masks", str(tmp_path / "empty"), "--experiment", "normnet_quick", *tiny_overrides]) == 2
+    assert "no predicted mask phantom/covid_001.*" in capsys.readouterr().err

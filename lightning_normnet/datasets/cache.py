@@ -81,24 +81,33 @@ def prepare_cases(listing: Listing, out_dir: str | Path, cfg: DictConfig, traini
     return index
 
 
-def _prepare_case(case: Case, folder: Path, cfg: DictConfig, training: bool) -> dict:
-    meta_path = folder / "meta.json"
-    if meta_path.is_file():
-        return json.loads(meta_path.read_text())
+def read_case(case: Case, cfg: DictConfig, extra_mask: Path | None = None):
+    """(image in HU, lesion mask or None, lung mask M', extra mask or None) of a case as its set ships it,
+    cut to its slices; `extra_mask` is another mask file on the image's grid (e.g. a method's prediction)."""
     image = read_ct(case.image, case.stored_window)
-    lesion = lung = None
+    lesion = lung = extra = None
     if case.lesion:
         lesion = read_mask(case.lesion, image, "lesion mask", case.lesion_labels, case.mask_header_from_image)
     elif case.slice_labels:
         lesion = read_slice_labels(case.slice_labels, image)
-    if not training and lesion is None:
-        raise InputError(f"{case.image}: evaluation case has no lesion mask.")
     if cfg.lung_mask.backend == "file" and case.lung:
         lung = read_mask(case.lung, image, "lung mask", case.lung_labels, case.mask_header_from_image)
+    if extra_mask is not None:
+        extra = read_mask(extra_mask, image, "predicted mask")
     if case.slices is not None:
         start, stop = case.slices
-        image, lesion, lung = (None if x is None else x[:, :, start:stop] for x in (image, lesion, lung))
+        image, lesion, lung, extra = (None if x is None else x[:, :, start:stop] for x in (image, lesion, lung, extra))
     lung = lung_mask(image, cfg.lung_mask, lung, source=case.image)
+    return image, lesion, lung, extra
+
+
+def _prepare_case(case: Case, folder: Path, cfg: DictConfig, training: bool) -> dict:
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        return json.loads(meta_path.read_text())
+    image, lesion, lung, _ = read_case(case, cfg)
+    if not training and lesion is None:
+        raise InputError(f"{case.image}: evaluation case has no lesion mask.")
     prepared = prepare_volume(image, lung, cfg.preprocessing, lesion, training=training)
     save_array(prepared.image.astype(np.float16), folder / "image.npy")
     save_array(prepared.lung, folder / "lung.npy")
