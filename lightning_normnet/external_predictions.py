@@ -40,12 +40,12 @@ def score_masks(cfg: DictConfig, masks: str | Path, run_dir: Path) -> str:
         scored = {c["name"] for c in load_index(prepared)["cases"]}
         listing = discover(dataset, raw_root(cfg, "test", dataset), dataset_options(cfg, dataset), "test")
         for case in track([c for c in listing.cases if c.name in scored], description=f"score {dataset}"):
-            image, truth, lung, predicted = read_case(case, cfg, _find_mask(masks, dataset, case.name))
+            image, _, lung, predicted = read_case(case, cfg, _find_mask(masks, dataset, case.name))
             on_grid = prepare_volume(image, lung, cfg.preprocessing, predicted, training=False).lesion
             folder = prepared / case.name
             record = {"dataset": dataset, "name": case.name, "source": str(case.image)}
-            record.update(segmentation_metrics(torch.from_numpy(on_grid), torch.from_numpy(np.load(folder / "lesion.npy")),
-                                               torch.from_numpy(np.load(folder / "lung.npy"))))
+            truth_on_grid, lung_on_grid = (torch.from_numpy(np.load(folder / f)) for f in ("lesion.npy", "lung.npy"))
+            record.update(segmentation_metrics(torch.from_numpy(on_grid), truth_on_grid, lung_on_grid))
             records.append(record)
     table = format_table(summarize(records))
     write_text(run_dir / "evaluation.json", json.dumps([{"step": 0, "volumes": records, "summary": summarize(records)}],
