@@ -1,8 +1,9 @@
-"""Time the torch lesion generator and post-processing against plain SciPy in the same run.
+"""Time the torch lesion generator and post-processings against plain SciPy in the same run.
 
     make bench                       # one [32, 512, 512] volume (the paper's slab), CPU
     make bench ARGS="--batch 8"      # a training batch
-Prints seconds per call (median of --repeats) and the ratio scipy / torch.
+Prints seconds per call (median of --repeats) and the ratio scipy / torch: NormNet's lesion generator
+and post-processing, and the cycle-GAN method's lesion extraction on the volume's --depth slices.
 On a machine with CUDA the torch versions also run on the GPU.
 """
 from __future__ import annotations
@@ -15,8 +16,9 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.reference import postprocess_reference, synthesize_reference
+from benchmarks.reference import extract_lesions_reference, postprocess_reference, synthesize_reference
 from lightning_normnet.config import load_config
+from lightning_normnet.difference_postprocessing import extract_lesions
 from lightning_normnet.lesions import synthesize
 from lightning_normnet.postprocessing import postprocess
 
@@ -80,6 +82,18 @@ def main() -> None:
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         t = timed(lambda: postprocess(*args_t, cfg.postprocessing), args.repeats, sync)
         print(f"post-processing   torch {device.type:4s} (batched):     {t:8.3f} s   scipy/torch = {t_ref / t:6.1f}x")
+
+    infected = (healthy + 0.5 * (np.random.default_rng(2).random(healthy.shape) < 0.02)).astype(np.float32)
+    synthetic = (0.9 * healthy).astype(np.float32)
+    t_ref = timed(lambda: [extract_lesions_reference(infected, synthetic, lung) for _ in range(args.batch)],
+                  args.repeats)
+    print(f"cycle-GAN lesions scipy (per slice, loop):   {t_ref:8.3f} s")
+    for device in devices:
+        slices = [torch.from_numpy(a)[:, None].repeat(args.batch, 1, 1, 1).to(device)
+                  for a in (infected, synthetic, lung)]
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        t = timed(lambda: extract_lesions(*slices), args.repeats, sync)
+        print(f"cycle-GAN lesions torch {device.type:4s} (batched):     {t:8.3f} s   scipy/torch = {t_ref / t:6.1f}x")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def kmeans_threshold(values: torch.Tensor, iterations: int = 50) -> torch.Tensor
 
 
 def otsu_threshold(values: torch.Tensor, bins: int = 256) -> torch.Tensor:
-    """Otsu's threshold: the histogram cut that maximises the between-class variance."""
+    """Otsu's threshold on a 256-bin histogram: the split maximising the between-class variance, returned
+    as the centre of the last bin below it (scikit-image's convention)."""
     low, high = values.min(), values.max()
     if high <= low:
         return high
@@ -44,7 +45,7 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> torch.Tensor:
     mean = (hist * centres).cumsum(0)
     total, total_mean = weight[-1], mean[-1]
     between = (total_mean * weight / total - mean) ** 2 / (weight * (total - weight) + 1e-12)
-    return low + (between[:-1].argmax() + 1).to(values.dtype) * (high - low) / bins
+    return centres[between[:-1].argmax()].to(values.dtype)     # the centre of the last background bin
 
 
 def gaussian_smooth(mask: torch.Tensor, size: int = 5, sigma: float = 1.0) -> torch.Tensor:

@@ -2,9 +2,11 @@
 pool, the post-processing on synthetic difference images, and a tiny train + evaluate on CPU."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from benchmarks.reference import extract_lesions_reference
 from lightning_normnet.cli import main
 from lightning_normnet.config import load_config
 from lightning_normnet.difference_postprocessing import extract_lesions, fill_holes, kmeans_threshold, otsu_threshold
@@ -70,8 +72,10 @@ def test_image_pool_keeps_its_size_and_returns_old_fakes():
 
 def test_thresholds_by_hand():
     assert kmeans_threshold(torch.tensor([0.0, 0.0, 0.0, 10.0, 10.0])).item() == pytest.approx(5.0)
-    cut = otsu_threshold(torch.tensor([0.0] * 50 + [1.0] * 50)).item()
-    assert 0.0 < cut <= 1.0
+    from skimage.filters import threshold_otsu
+
+    values = np.concatenate([np.zeros(50), np.ones(50), np.random.default_rng(0).random(40)]).astype(np.float32)
+    assert otsu_threshold(torch.from_numpy(values)).item() == pytest.approx(threshold_otsu(values), rel=1e-5)
 
 
 def test_postprocessing_recovers_a_lesion_from_a_noisy_difference():
@@ -88,6 +92,24 @@ def test_postprocessing_recovers_a_lesion_from_a_noisy_difference():
         assert not lesion[0, 0, 5, 5] and not lesion[0, 0, 50, 10]
     ring = disk & ((y - 30) ** 2 + (x - 34) ** 2 >= 25)[None, None]
     assert torch.equal(fill_holes(ring), disk)
+
+
+def test_postprocessing_equals_the_plain_scipy_reference():
+    """Batched torch (median, k-means or Otsu, Gaussian, fill, opening) = scipy/scikit-image slice by slice."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:96, :96]
+    lung = np.zeros((6, 96, 96), bool)
+    lung[:, 10:86, 8:90] = True
+    infected = (0.1 * rng.random(lung.shape)).astype(np.float32)
+    for i in range(6):
+        cy, cx, r = rng.integers(25, 70), rng.integers(25, 70), rng.integers(5, 15)
+        infected[i] += 0.5 * ((y - cy) ** 2 + (x - cx) ** 2 < r * r)
+    healthy = (0.05 * rng.random(lung.shape)).astype(np.float32)
+    for clustering in ("kmeans", "otsu"):
+        reference = extract_lesions_reference(infected, healthy, lung, clustering=clustering)
+        batched = extract_lesions(*(torch.from_numpy(a)[:, None] for a in (infected, healthy, lung)),
+                                  clustering=clustering)[:, 0].numpy()
+        assert reference.sum() > 500 and np.array_equal(batched, reference)
 
 
 def test_cyclegan_trains_and_evaluates(tmp_path, tiny_overrides):
