@@ -38,3 +38,11 @@ def tiny_overrides(tmp_path) -> list[str]:
 @pytest.fixture
 def tiny_config(tiny_overrides):
     return load_config("normnet_quick", tiny_overrides)
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_run_dir(monkeypatch):
+    """The run folder one test chose (NORMNET_RUN_DIR, set by _run_dir) must not leak into the next:
+    set then deleted through monkeypatch, the variable is removed again after every test."""
+    monkeypatch.setenv("NORMNET_RUN_DIR", "unset")
+    monkeypatch.delenv("NORMNET_RUN_DIR")
