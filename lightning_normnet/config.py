@@ -132,6 +132,11 @@ def validate(conf: DictConfig) -> None:
         raise ConfigError(f"data.slab in-plane {list(conf.data.slab[1:])} must equal "
                           f"preprocessing.in_plane_size {list(conf.preprocessing.in_plane_size)}.")
     _validate_datasets(conf)
+    if conf.model.kind == "unet3d":
+        multiple = 2 ** (len(conf.unet3d.channels) - 1)
+        if any(p % multiple for p in conf.unet3d.patch):
+            raise ConfigError(f"unet3d.patch={list(conf.unet3d.patch)} must be a multiple of {multiple} on every "
+                              f"axis ({len(conf.unet3d.channels) - 1} downsamplings of unet3d.channels).")
     if conf.model.kind == "cyclegan":
         c = conf.cyclegan
         if c.clustering not in ("kmeans", "otsu"):

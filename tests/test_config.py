@@ -53,3 +53,9 @@ def test_bad_values_are_rejected_early(override, message):
 def test_unknown_experiment_names_the_known_ones():
     with pytest.raises(ConfigError, match="normnet_quick"):
         load_config("nonexistent")
+
+
+def test_unet3d_patch_must_survive_its_downsamplings():
+    with pytest.raises(ConfigError, match="must be a multiple of 16"):
+        load_config("unet3d", ["unet3d.patch=[96,96,24]"])
+    assert list(load_config("unet3d").unet3d.patch) == [160, 160, 80]      # the paper's, 80 = 5 x 16
