@@ -4,7 +4,8 @@ A run folder (train or evaluate, of any method) holds evaluation.json, whose las
 every scored volume; a cross-validation folder (fold*/) pools its folds. Methods are grouped as
 label-free (NormNet, cycle-GAN) or (semi-)supervised (Inf-Net, Semi-Inf-Net, the 3D U-Net); per dataset
 the table gives DSC / PSC / SEN as mean +/- std over volumes (%), the best mean of each column in bold.
-Runs scored on different volumes are refused: a comparison is only fair on the same volumes.
+Only the datasets every run was scored on are compared (others are named and left out); within them,
+runs scored on different volumes are refused: a comparison is only fair on the same volumes.
 """
 from __future__ import annotations
 
@@ -54,12 +55,28 @@ def load_run(path: str | Path) -> MethodResult:
     return MethodResult(name, str(OmegaConf.select(config, "model.kind", default="normnet")), records)
 
 
-def check_same_volumes(results: list[MethodResult]) -> None:
+def shared_datasets(results: list[MethodResult]) -> tuple[list[str], list[str]]:
+    """The datasets every run was scored on, and notes on those left out (e.g. Inf-Net's test slices)."""
+    per_run = [{d for d, _ in r.volumes()} for r in results]
+    shared = sorted(set.intersection(*per_run))
+    notes = [f"{d}: only in {', '.join(r.name for r, sets in zip(results, per_run) if d in sets)}; left out"
+             for d in sorted(set.union(*per_run) - set(shared))]
+    if not shared:
+        raise InputError("the runs share no dataset: " + "; ".join(f"{r.name} has {sorted(s)}" for r, s in
+                                                                  zip(results, per_run)))
+    return shared, notes
+
+
+def check_same_volumes(results: list[MethodResult], datasets: list[str]) -> None:
+    """Within the shared datasets, every run must have scored the same volumes."""
+    def volumes(result: MethodResult) -> set[tuple[str, str]]:
+        return {v for v in result.volumes() if v[0] in datasets}
+
     reference = results[0]
     for other in results[1:]:
-        missing, extra = reference.volumes() - other.volumes(), other.volumes() - reference.volumes()
+        missing, extra = volumes(reference) - volumes(other), volumes(other) - volumes(reference)
         if missing or extra:
-            shown = ", ".join(f"{d}/{n}" for d, n in sorted(missing | extra)[:5])
+            shown = ", ".join(f"{d}/{Path(n).name}" for d, n in sorted(missing | extra)[:5])
             raise InputError(f"{other.name} and {reference.name} were scored on different volumes "
                              f"({len(missing)} only in {reference.name}, {len(extra)} only in {other.name}: {shown}).")
 
@@ -71,8 +88,8 @@ def _stats(records: list[dict], dataset: str, key: str) -> tuple[float, float]:
 
 
 def comparison_rows(results: list[MethodResult]) -> tuple[list[str], list[tuple[str, str, dict]]]:
-    """Datasets, and per method (group, name, {(dataset, key): (mean, std)}), label-free first."""
-    datasets = sorted({d for r in results for d, _ in r.volumes()})
+    """Shared datasets, and per method (group, name, {(dataset, key): (mean, std)}), label-free first."""
+    datasets, _ = shared_datasets(results)
     ordered = sorted(results, key=lambda r: (r.group != "label-free", r.name))
     return datasets, [(r.group, r.name, {(d, k): _stats(r.records, d, k) for d in datasets for k in COLUMNS})
                       for r in ordered]
@@ -106,6 +123,7 @@ def box_plot(results: list[MethodResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets, _ = comparison_rows(results)
+    results = sorted(results, key=lambda r: (r.group != "label-free", r.name))     # the table's order
     figure, axes = plt.subplots(1, len(datasets), figsize=(3 + 2 * len(results) * len(datasets), 4), squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
         values = [[100 * r["dsc"] for r in m.records if r["dataset"] == dataset] for m in results]
@@ -124,7 +142,10 @@ def compare(runs: list[str | Path], out_dir: str | Path) -> str:
     if len(runs) < 2:
         raise InputError("compare needs at least two run folders.")
     results = [load_run(r) for r in runs]
-    check_same_volumes(results)
+    datasets, notes = shared_datasets(results)
+    check_same_volumes(results, datasets)
+    for note in notes:
+        print(note)
     markdown, table = render(results)
     out_dir = Path(out_dir)
     write_text(out_dir / "compare.md", markdown + "\n")

@@ -126,3 +126,19 @@ def test_predicted_masks_from_a_folder_are_scored_on_the_same_grid(tmp_path, tin
     capsys.readouterr()
     assert main(["evaluate", "--masks", str(tmp_path / "empty"), "--experiment", "normnet_quick", *tiny_overrides]) == 2
     assert "no predicted mask phantom/covid_001.*" in capsys.readouterr().err
+
+
+def test_compare_keeps_the_shared_datasets_and_checks_their_volumes():
+    from lightning_normnet.comparison import MethodResult, check_same_volumes, shared_datasets
+    from lightning_normnet.io import InputError
+
+    def run(name, kind, volumes):
+        return MethodResult(name, kind, [{"dataset": d, "name": v, "dsc": 0.5} for d, v in volumes])
+
+    infnet = run("infnet", "infnet", [("phantom", "a"), ("phantom", "b"), ("covid-semiseg", "s1")])
+    normnet = run("normnet", "normnet", [("phantom", "a"), ("phantom", "b")])
+    datasets, notes = shared_datasets([normnet, infnet])
+    assert datasets == ["phantom"] and notes == ["covid-semiseg: only in infnet; left out"]
+    check_same_volumes([normnet, infnet], datasets)
+    with pytest.raises(InputError, match="1 only in normnet, 0 only in fewer: phantom/b"):
+        check_same_volumes([normnet, run("fewer", "unet3d", [("phantom", "a")])], datasets)
