@@ -55,15 +55,27 @@ def gaussian_smooth(mask: torch.Tensor, size: int = 5, sigma: float = 1.0) -> to
     return F.conv2d(mask.float(), kernel[None, None], padding=size // 2)
 
 
+def _spread_along_runs(reached: torch.Tensor, background: torch.Tensor, dim: int) -> torch.Tensor:
+    """Every run of consecutive background pixels along `dim` that holds a reached pixel becomes reached."""
+    runs = torch.cumsum((~background).long(), dim=dim).movedim(dim, -1)    # a new run after each foreground pixel
+    length = runs.shape[-1] + 1
+    lines = torch.arange(runs[..., 0].numel(), device=runs.device).view(*runs.shape[:-1], 1)
+    ids = (runs + lines * length).reshape(-1)
+    hit = torch.zeros(lines.numel() * length, dtype=torch.long, device=runs.device)
+    hit.scatter_reduce_(0, ids, reached.movedim(dim, -1).reshape(-1).long(), "amax")
+    return hit[ids].view(runs.shape).bool().movedim(-1, dim) & background
+
+
 def fill_holes(mask: torch.Tensor) -> torch.Tensor:
-    """Background not reachable from the slice border becomes foreground (flood fill by 4-connected
-    dilation inside the background, repeated until it stops growing)."""
+    """Background not 4-connected to the slice border becomes foreground. The flood from the border moves
+    along whole rows, then whole columns, of background at a time, until nothing changes: as many passes
+    as a path needs turns, not as many as it has pixels."""
     background = ~mask.bool()
     reached = torch.zeros_like(background)
     reached[..., 0, :], reached[..., -1, :] = background[..., 0, :], background[..., -1, :]
     reached[..., :, 0], reached[..., :, -1] = background[..., :, 0], background[..., :, -1]
     while True:
-        grown = dilate(reached[:, :, None], 1)[:, :, 0] & background
+        grown = _spread_along_runs(_spread_along_runs(reached, background, -1), background, -2)
         if torch.equal(grown, reached):
             return ~reached
         reached = grown
