@@ -127,16 +127,19 @@ class SliceSegmentationDataModule(EvaluationDataModule):
     none when data.test=[]) and on COVID-SemiSeg's test slices."""
 
     def __init__(self, cfg, extra_training: list[tuple[Path, Path, Path | None]] | None = None,
-                 labelled: bool = True):
+                 labelled: bool = True, evaluate: bool = True):
         super().__init__(cfg)
-        self.extra_training, self.labelled = extra_training or [], labelled
+        self.extra_training, self.labelled, self.evaluate = extra_training or [], labelled, evaluate
 
     def prepare_data(self) -> None:
-        super().prepare_data()
+        """The labelled 3D sets only when this fit validates (not in every Semi-Inf-Net round)."""
+        if self.evaluate:
+            super().prepare_data()
         prepare_semiseg(self.cfg)
 
     def setup(self, stage: str) -> None:
-        super().setup(stage)
+        if self.evaluate:
+            super().setup(stage)
         self.folders = SemiSegFolders.find(semiseg_dir(self.cfg))
         size = self.cfg.infnet.train_size
         items = TrainingSlices.labelled(self.folders.labelled, size).items if self.labelled else []
@@ -149,5 +152,5 @@ class SliceSegmentationDataModule(EvaluationDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         workers = min(2, self.cfg.data.num_workers)
-        sets = ([self.volumes] if len(self.volumes) else []) + [self.test_slices]
+        sets = ([self.volumes] if self.volumes is not None and len(self.volumes) else []) + [self.test_slices]
         return [DataLoader(s, batch_size=1, num_workers=workers) for s in sets]

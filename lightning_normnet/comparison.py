@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from .io import InputError, write_text
+from .io import InputError, write_atomically, write_text
 
 LABEL_FREE = ("normnet", "cyclegan")
 GROUPS = {"label-free": LABEL_FREE, "(semi-)supervised": ("infnet", "semi_infnet", "unet3d")}
@@ -132,10 +132,8 @@ def box_plot(results: list[MethodResult], path: Path) -> None:
         axis.set_title(dataset)
         axis.set_ylabel("DSC per volume (%)")
     figure.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    figure.savefig(tmp, format="png", dpi=120)
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
     plt.close(figure)
-    tmp.replace(path)
 
 
 def compare(runs: list[str | Path], out_dir: str | Path) -> str:

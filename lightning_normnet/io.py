@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,17 +209,16 @@ def read_slice_labels(path: str | Path, reference: sitk.Image) -> sitk.Image:
                       reference)
 
 
-def write_image(image: sitk.Image, path: str | Path) -> Path:
-    """Write atomically: a temporary file beside the target, renamed when complete."""
+def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` to a temporary file beside `path` (same extension, so writers that go by it work),
+    renamed to `path` when complete: readers never see, and a crash never leaves, a half-written file."""
     path = Path(path)
-    if path.suffix.lower() in (".mhd", ".nhdr"):
-        raise InputError(f"{path}: write a single-file format (.nii.gz, .nrrd, .mha), not a detached header.")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, useCompression=True)
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -226,23 +226,20 @@ def write_image(image: sitk.Image, path: str | Path) -> Path:
     return path
 
 
+def write_image(image: sitk.Image, path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() in (".mhd", ".nhdr"):
+        raise InputError(f"{path}: write a single-file format (.nii.gz, .nrrd, .mha), not a detached header.")
+    return write_atomically(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
+
+
 def save_array(array: np.ndarray, path: Path) -> None:
     """np.save atomically (the cache is read by other processes while it grows)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: np.save(tmp, array))
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (a temporary name beside it, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

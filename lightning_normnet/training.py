@@ -16,6 +16,8 @@ from PIL import Image
 from callbacks.dataset_summary import DatasetSummary
 from callbacks.ensemble_evaluation import EnsembleEvaluation
 
+from .io import write_atomically
+
 
 def use_offline_wandb_unless_keyed() -> None:
     """Nothing reaches the network unless the user gave W&B a key (or chose a mode)."""
@@ -76,7 +78,7 @@ def _fit_slices(cfg: DictConfig, run_dir: Path, model, epochs: int, batch_size: 
     from datamodules.covid_semiseg import SliceSegmentationDataModule
 
     slice_cfg = OmegaConf.merge(cfg, {"infnet": {"batch_size": batch_size}})
-    datamodule = SliceSegmentationDataModule(slice_cfg, extra, labelled)
+    datamodule = SliceSegmentationDataModule(slice_cfg, extra, labelled, evaluate)
     callbacks = _evaluation_callbacks(cfg, run_dir, healthy=False) if evaluate else []
     every = max(1, min(cfg.infnet.val_every, epochs))
     trainer = make_trainer(cfg, run_dir, callbacks, log=evaluate, max_epochs=epochs, check_val_every_n_epoch=every,
@@ -112,13 +114,13 @@ def fit_semi_infnet(cfg: DictConfig, run_dir: Path) -> Path:
         model.load_state_dict(torch.load(round_model, map_location="cpu", weights_only=True))
     else:   # line 2: M trained on the labelled slices
         _fit_slices(cfg, run_dir, model, cfg.infnet.epochs, cfg.infnet.batch_size, evaluate=False)
-        _save_weights(model, round_model)
+        write_atomically(round_model, lambda tmp: torch.save(model.state_dict(), tmp))
     while not pool.done:   # lines 3-8
         drawn = pool.draw(semi.k)
         _write_pseudo_labels(model, [Path(p) for p in drawn], masks, cfg.infnet.train_size, cfg.infnet.threshold)
         _fit_slices(cfg, run_dir, model, semi.round_epochs, cfg.infnet.batch_size,
                     _pseudo_items(pool.labelled + drawn, masks), evaluate=False)
-        _save_weights(model, round_model)
+        write_atomically(round_model, lambda tmp: torch.save(model.state_dict(), tmp))
         pool.add(drawn, state)
         print(f"Semi-Inf-Net round {pool.round}: {len(pool.labelled)} pseudo-labelled, {len(pool.remaining)} left")
     final = InfNetModel(config)   # steps (i) and (ii) of Sec. III-D
@@ -126,13 +128,6 @@ def fit_semi_infnet(cfg: DictConfig, run_dir: Path) -> Path:
                 _pseudo_items(pool.labelled, masks), labelled=False, evaluate=False)
     trainer = _fit_slices(cfg, run_dir, final, semi.finetune_epochs, cfg.infnet.batch_size)
     return _finish(trainer, run_dir)
-
-
-def _save_weights(model: torch.nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
 
 
 def _pseudo_items(images: list[str], masks: Path) -> list[tuple[Path, Path, None]]:
@@ -148,10 +143,8 @@ def _write_pseudo_labels(model, images: list[Path], masks: Path, size: int, thre
     masks.mkdir(parents=True, exist_ok=True)
     for item in TestSlices(images, None, size):
         probability = model.probability(item["image"][None].to(model.device), (item["height"], item["width"]))
-        mask = (probability[0, 0] > threshold).cpu().numpy().astype(np.uint8) * 255
-        tmp = masks / f".tmp-{item['name']}.png"
-        Image.fromarray(mask).save(tmp)
-        os.replace(tmp, masks / f"{item['name']}.png")
+        mask = Image.fromarray((probability[0, 0] > threshold).cpu().numpy().astype(np.uint8) * 255)
+        write_atomically(masks / f"{item['name']}.png", mask.save)
     model.train()
 
 
