@@ -24,12 +24,18 @@ from .config import ConfigError, config_from_checkpoint, load_config
 from .io import InputError
 
 
-def _run_dir(cfg, kind: str) -> Path:
+def _run_dir(cfg, kind: str, chosen: str | None = None) -> Path:
     """runs/<name>/<kind>-<time>, one folder for all ranks: DDP children inherit NORMNET_RUN_DIR,
-    SLURM tasks share the job id."""
+    SLURM tasks share the job id; `chosen` (--run-dir) continues in a given folder."""
     inherited = os.environ.get("NORMNET_RUN_DIR")
     if inherited:
         return Path(inherited)
+    if chosen:
+        run_dir = Path(chosen)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+        os.environ["NORMNET_RUN_DIR"] = str(run_dir)
+        return run_dir
     stamp = os.environ.get("SLURM_JOB_ID") or time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.output_dir) / cfg.name / f"{kind}-{stamp}"
     if "SLURM_JOB_ID" in os.environ:
@@ -53,11 +59,8 @@ def train(args) -> int:
     from .training import FITTERS
 
     cfg = load_config(args.experiment, args.overrides)
-    if args.run_dir:
-        os.environ["NORMNET_RUN_DIR"] = args.run_dir
-        Path(args.run_dir).mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
-    FITTERS[cfg.model.kind](cfg, _run_dir(cfg, "train"))
+    FITTERS[cfg.model.kind](cfg, _run_dir(cfg, "train", args.run_dir))
     return 0
 
 
@@ -82,10 +85,7 @@ def cv(args) -> int:
     cfg = load_config(args.experiment, args.overrides)
     if cfg.model.kind != "unet3d":
         raise ConfigError(f"cv trains the supervised U-Net (model.kind=unet3d), not {cfg.model.kind}.")
-    if args.run_dir:
-        os.environ["NORMNET_RUN_DIR"] = args.run_dir
-        Path(args.run_dir).mkdir(parents=True, exist_ok=True)
-    cv_dir = _run_dir(cfg, "cv")
+    cv_dir = _run_dir(cfg, "cv", args.run_dir)
     for fold in range(cfg.unet3d.folds):
         fold_dir = cv_dir / f"fold{fold}"
         if (fold_dir / "checkpoints" / "last.ckpt").is_file():
@@ -110,7 +110,7 @@ def load_ensemble(checkpoints: list[str], overrides: list[str], device):
     for path in checkpoints:
         if not Path(path).is_file():
             raise InputError(f"{path}: checkpoint not found.")
-    saved = torch.load(checkpoints[0], map_location="cpu", weights_only=False)["hyper_parameters"]["config"]
+    saved = torch.load(checkpoints[0], map_location="cpu", weights_only=False, mmap=True)["hyper_parameters"]["config"]
     kind = saved.get("model", {}).get("kind", "normnet")
     if kind != "normnet":
         if len(checkpoints) > 1:
