@@ -77,19 +77,22 @@ def _region_similarity(prob: torch.Tensor, g: torch.Tensor) -> float:
     return score
 
 
-def mean_enhanced_alignment(prob: torch.Tensor, truth: torch.Tensor) -> float:
+def mean_enhanced_alignment(prob: torch.Tensor, truth: torch.Tensor, chunk: int = 32) -> float:
+    """Mean over the 256 binary maps; `chunk` thresholds at a time bound the memory to chunk x H x W."""
     g = truth.double()
+    share, n = g.mean(), g.numel()
     thresholds = torch.arange(256, dtype=torch.double, device=prob.device) / 256
-    fm = (prob[None] > thresholds[:, None, None]).double()               # (256, H, W)
-    share = g.mean()
-    if share == 0:
-        enhanced = 1 - fm
-    elif share == 1:
-        enhanced = fm
-    else:
-        dfm = fm - fm.mean(dim=(1, 2), keepdim=True)
-        dg = g - share
-        align = 2 * dfm * dg / (dfm ** 2 + dg ** 2 + EPS)
-        enhanced = (align + 1) ** 2 / 4
-    n = g.numel()
-    return (enhanced.sum(dim=(1, 2)) / (n - 1 + EPS)).mean().item()
+    scores = []
+    for part in thresholds.split(chunk):
+        fm = (prob[None] > part[:, None, None]).double()                 # (chunk, H, W)
+        if share == 0:
+            enhanced = 1 - fm
+        elif share == 1:
+            enhanced = fm
+        else:
+            dfm = fm - fm.mean(dim=(1, 2), keepdim=True)
+            dg = g - share
+            align = 2 * dfm * dg / (dfm ** 2 + dg ** 2 + EPS)
+            enhanced = (align + 1) ** 2 / 4
+        scores.append(enhanced.sum(dim=(1, 2)) / (n - 1 + EPS))
+    return torch.cat(scores).mean().item()
