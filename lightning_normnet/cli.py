@@ -102,10 +102,7 @@ def load_ensemble(checkpoints: list[str], overrides: list[str], device):
     vote together (one NormNet whose members are those of all checkpoints); other methods take one."""
     import torch
 
-    from .models.cyclegan import CycleGAN
-    from .models.infnet import InfNetModel
-    from .models.normnet import NormNet
-    from .models.unet3d import SupervisedUNet
+    from .training import model_class
 
     for path in checkpoints:
         if not Path(path).is_file():
@@ -115,11 +112,11 @@ def load_ensemble(checkpoints: list[str], overrides: list[str], device):
     if kind != "normnet":
         if len(checkpoints) > 1:
             raise ConfigError(f"{kind} checkpoints do not vote: give one.")
-        model_class = {"cyclegan": CycleGAN, "unet3d": SupervisedUNet}.get(kind, InfNetModel)
-        model = model_class.load_from_checkpoint(checkpoints[0], map_location=device, weights_only=False)
+        model = model_class(kind).load_from_checkpoint(checkpoints[0], map_location=device, weights_only=False)
         model.cfg = config_from_checkpoint(saved, overrides)
         return model.to(device).eval(), model.cfg
-    models = [NormNet.load_from_checkpoint(path, map_location=device, weights_only=False) for path in checkpoints]
+    models = [model_class("normnet").load_from_checkpoint(path, map_location=device, weights_only=False)
+              for path in checkpoints]
     cfg = config_from_checkpoint(models[0].hparams["config"], overrides)
     ensemble = models[0]
     ensemble.cfg = cfg

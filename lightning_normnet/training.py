@@ -178,5 +178,16 @@ def fit_unet3d(cfg: DictConfig, run_dir: Path) -> Path:
     return _finish(trainer, run_dir)
 
 
+def model_class(kind: str) -> type[L.LightningModule]:
+    """The LightningModule of a model.kind, to load its checkpoints."""
+    from .models.cyclegan import CycleGAN
+    from .models.infnet import InfNetModel
+    from .models.normnet import NormNet
+    from .models.unet3d import SupervisedUNet
+
+    return {"normnet": NormNet, "infnet": InfNetModel, "semi_infnet": InfNetModel, "cyclegan": CycleGAN,
+            "unet3d": SupervisedUNet}[kind]
+
+
 FITTERS = {"normnet": fit_normnet, "infnet": fit_infnet, "semi_infnet": fit_semi_infnet, "cyclegan": fit_cyclegan,
            "unet3d": fit_unet3d}
