@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
-from datamodules.data_sources import dataset_summary
+from lightning_normnet.datasets.sources import dataset_summary
 from lightning_normnet.datasets.summary import COLUMNS, format_summary
 from lightning_normnet.io import write_text
 

@@ -6,7 +6,6 @@ truth (or, without truth, the prediction) has the most voxels.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 COLOURS = {"tp": (0, 200, 0), "fn": (0, 80, 255), "fp": (230, 0, 0)}
 
@@ -20,9 +19,9 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: float
     return rgb.astype(np.uint8)
 
 
-def overlay_slice(image: torch.Tensor, pred: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
-    """Overlay of the most telling axial slice of (D, H, W) volumes."""
-    pred, truth = pred.bool(), truth.bool()
-    area = truth.flatten(1).sum(1) if truth.any() else pred.flatten(1).sum(1)
+def overlay_slice(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Overlay of the most telling axial slice (the first array axis) of (D, H, W) volumes."""
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    area = truth.sum(axis=(1, 2)) if truth.any() else pred.sum(axis=(1, 2))
     z = int(area.argmax())
-    return overlay(image[z].float().cpu().numpy(), pred[z].cpu().numpy(), truth[z].cpu().numpy())
+    return overlay(image[z], pred[z], truth[z])

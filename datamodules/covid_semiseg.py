@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_normnet.datasets.sources import prepare_semiseg, semiseg_dir
 from lightning_normnet.io import InputError
 from lightning_normnet.networks.res2net import imagenet_normalise
 
-from .data_sources import prepare_semiseg, semiseg_dir
 from .evaluation import EvaluationDataModule
 
 SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -127,9 +127,12 @@ class SliceSegmentationDataModule(EvaluationDataModule):
     none when data.test=[]) and on COVID-SemiSeg's test slices."""
 
     def __init__(self, cfg, extra_training: list[tuple[Path, Path, Path | None]] | None = None,
-                 labelled: bool = True, evaluate: bool = True):
+                 labelled: bool = True, evaluate: bool = True, batch_size: int | None = None):
+        """`extra_training`: (image, mask, edge) items beside (or, labelled=False, instead of) the labelled
+        slices; `batch_size`: other than infnet.batch_size (Semi-Inf-Net's step (i))."""
         super().__init__(cfg)
         self.extra_training, self.labelled, self.evaluate = extra_training or [], labelled, evaluate
+        self.batch_size = batch_size or cfg.infnet.batch_size
 
     def prepare_data(self) -> None:
         """The labelled 3D sets only when this fit validates (not in every Semi-Inf-Net round)."""
@@ -147,7 +150,7 @@ class SliceSegmentationDataModule(EvaluationDataModule):
         self.test_slices = TestSlices(images_in(self.folders.test / "Imgs"), self.folders.test / "GT", size)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.cfg.infnet.batch_size, shuffle=True, drop_last=False,
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=False,
                           num_workers=self.cfg.data.num_workers, persistent_workers=self.cfg.data.num_workers > 0)
 
     def val_dataloader(self) -> list[DataLoader]:

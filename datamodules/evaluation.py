@@ -1,4 +1,8 @@
-"""Labelled COVID-19 volumes on the model grid, one volume per batch, for validation and `evaluate`."""
+"""Labelled COVID-19 volumes, one per batch: what validation and `evaluate` predict and score.
+
+A batch holds the prepared volume on the method's grid (H and M, to predict from) and names its case
+folder in the cache, where the evaluation callback finds the truth on the scan's own grid.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +14,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_normnet.datasets.cache import load_index
-
-from .data_sources import prepare_dataset, prepared_dir
+from lightning_normnet.datasets.sources import prepare_dataset, prepared_dir
+from lightning_normnet.folds import fold_assignment
 
 
 class LabelledVolumes(Dataset):
@@ -25,10 +29,6 @@ class LabelledVolumes(Dataset):
             self.items += [(dataset, Path(folder) / case["name"], case["name"], case["source"])
                            for case in cases[:max_per_set]]
 
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> "LabelledVolumes":
-        return cls([(name, prepared_dir(cfg, "test", name)) for name in cfg.data.test], cfg.data.max_test_volumes)
-
     def __len__(self) -> int:
         return len(self.items)
 
@@ -36,12 +36,11 @@ class LabelledVolumes(Dataset):
         dataset, folder, name, source = self.items[i]
         return {"image": torch.from_numpy(np.load(folder / "image.npy").astype(np.float32))[None],
                 "lung": torch.from_numpy(np.load(folder / "lung.npy"))[None],
-                "lesion": torch.from_numpy(np.load(folder / "lesion.npy"))[None],
-                "dataset": dataset, "name": name, "source": source}
+                "dataset": dataset, "name": name, "source": source, "case": str(folder)}
 
 
 class EvaluationDataModule(L.LightningDataModule):
-    """The labelled sets of `data.test`, for `trainer.validate` (normnet evaluate)."""
+    """The labelled sets of `data.test`, for validation during training and for `normnet evaluate`."""
 
     def __init__(self, cfg: DictConfig):
         super().__init__()
@@ -54,16 +53,40 @@ class EvaluationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if self.volumes is None:
-            self.volumes = LabelledVolumes.from_config(self.cfg)
+            sources = [(name, prepared_dir(self.cfg, "test", name)) for name in self.cfg.data.test]
+            self.volumes = LabelledVolumes(sources, self.cfg.data.max_test_volumes)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.volumes, batch_size=1, num_workers=min(2, self.cfg.data.num_workers))
 
 
 class LabelledTrainingDataModule(EvaluationDataModule):
-    """For the baselines that train on labelled COVID-19 sets: `data.train` is prepared too."""
+    """For methods that train on the labelled sets of `data.train` (prepared too). Under cross-validation
+    (`cv.fold` = f) fold f of data.train is held out: not trained on, and validated on instead."""
 
     def prepare_data(self) -> None:
         for name in self.cfg.data.train:
             prepare_dataset(self.cfg, "train", name)
         super().prepare_data()
+
+    def training_cases(self) -> list[Path]:
+        """The prepared case folders to train on: every volume of data.train but the held-out fold."""
+        return [folder for volume, folder in self._train_volumes().items() if volume not in self._held_out()]
+
+    def setup(self, stage: str) -> None:
+        if self.cfg.cv.fold is not None and self.volumes is None:
+            sources = [(name, prepared_dir(self.cfg, "train", name)) for name in self.cfg.data.train]
+            self.volumes = LabelledVolumes(sources, only=self._held_out())
+        super().setup(stage)
+
+    def _train_volumes(self) -> dict[tuple[str, str], Path]:
+        folders = {name: prepared_dir(self.cfg, "train", name) for name in self.cfg.data.train}
+        return {(name, case["name"]): folder / case["name"] for name, folder in folders.items()
+                for case in load_index(folder)["cases"]}
+
+    def _held_out(self) -> set[tuple[str, str]]:
+        cv = self.cfg.cv
+        if cv.fold is None:
+            return set()
+        folds = fold_assignment(list(self._train_volumes()), cv.folds, self.cfg.seed)
+        return {volume for volume, fold in folds.items() if fold == cv.fold}

@@ -15,10 +15,10 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_normnet.datasets.cache import largest_slab_lung, load_index, slab_lung_counts
+from lightning_normnet.datasets.sources import prepare_dataset, prepared_dir
 from lightning_normnet.lesions import synthesize
 from lightning_normnet.targets import training_target
 
-from .data_sources import prepare_dataset, prepared_dir
 from .evaluation import EvaluationDataModule
 
 

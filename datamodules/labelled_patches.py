@@ -17,11 +17,7 @@ import torchio as tio
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_normnet.cross_validation import fold_assignment
-from lightning_normnet.datasets.cache import load_index
-
-from .data_sources import prepared_dir
-from .evaluation import LabelledTrainingDataModule, LabelledVolumes
+from .evaluation import LabelledTrainingDataModule
 
 
 def class_labels(lung: np.ndarray, lesion: np.ndarray, classes: int) -> np.ndarray:
@@ -109,19 +105,12 @@ class LabelledPatchDataModule(LabelledTrainingDataModule):
         self.train_set: LabelledPatches | None = None
 
     def setup(self, stage: str) -> None:
-        """With unet3d.fold = f (cross-validation), fold f of data.train is held out for validation."""
         u = self.cfg.unet3d
-        sources = [(name, prepared_dir(self.cfg, "train", name)) for name in self.cfg.data.train]
-        volumes = [(name, c["name"]) for name, folder in sources for c in load_index(folder)["cases"]]
-        folds = fold_assignment(volumes, u.folds, self.cfg.seed) if u.fold is not None else {}
-        if u.fold is not None and self.volumes is None:
-            self.volumes = LabelledVolumes(sources, only={v for v, f in folds.items() if f == u.fold})
         if stage == "fit" and self.train_set is None:
             world = self.trainer.world_size if self.trainer else 1
-            cases = [prepared_dir(self.cfg, "train", name) / case for name, case in volumes
-                     if folds.get((name, case)) != u.fold or u.fold is None]
-            self.train_set = LabelledPatches(cases, list(reversed(u.patch)), u.batches_per_epoch * u.batch_size * world,
-                                             self.cfg.seed, u.classes, augmentation(u.augmentation_probability))
+            self.train_set = LabelledPatches(self.training_cases(), list(reversed(u.patch)),
+                                             u.batches_per_epoch * u.batch_size * world, self.cfg.seed, u.classes,
+                                             augmentation(u.augmentation_probability))
         super().setup(stage)
 
     def train_dataloader(self) -> DataLoader:

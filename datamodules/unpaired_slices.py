@@ -11,9 +11,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_normnet.datasets.cache import load_index
-
-from .data_sources import prepared_dir
 from .evaluation import LabelledTrainingDataModule
 
 
@@ -21,17 +18,17 @@ class UnpairedSlices(Dataset):
     """Item i: the (i mod |X|)-th infected slice and a random healthy slice, each randomly cropped; the
     draws are seeded by (seed, epoch, i), so every epoch pairs and crops anew, reproducibly."""
 
-    def __init__(self, folders: list[Path], crop: int, min_lesion_pixels: int, min_lung_pixels: int, seed: int):
+    def __init__(self, cases: list[Path], crop: int, min_lesion_pixels: int, min_lung_pixels: int, seed: int):
         self.crop, self.seed, self.epoch = crop, seed, 0
         self.infected, self.healthy = [], []
-        for folder in folders:
-            for case in load_index(folder)["cases"]:
-                lesion_per_slice = np.load(Path(folder) / case["name"] / "lesion.npy", mmap_mode="r").sum(axis=(1, 2))
-                for z, (lesion, lung) in enumerate(zip(lesion_per_slice, case["lung_per_slice"])):
-                    if lesion >= min_lesion_pixels:
-                        self.infected.append((Path(folder) / case["name"], z))
-                    elif lesion == 0 and lung >= min_lung_pixels:
-                        self.healthy.append((Path(folder) / case["name"], z))
+        for case in cases:
+            lesion_per_slice = np.load(case / "lesion.npy", mmap_mode="r").sum(axis=(1, 2))
+            lung_per_slice = np.load(case / "lung.npy", mmap_mode="r").sum(axis=(1, 2))
+            for z, (lesion, lung) in enumerate(zip(lesion_per_slice, lung_per_slice)):
+                if lesion >= min_lesion_pixels:
+                    self.infected.append((case, z))
+                elif lesion == 0 and lung >= min_lung_pixels:
+                    self.healthy.append((case, z))
         if not self.infected or not self.healthy:
             raise ValueError(f"data.train holds {len(self.infected)} infected and {len(self.healthy)} healthy "
                              "slices; the cycle-GAN needs both (see cyclegan.min_lesion_pixels, min_lung_pixels).")
@@ -57,8 +54,8 @@ class UnpairedSliceDataModule(LabelledTrainingDataModule):
     def setup(self, stage: str) -> None:
         c = self.cfg.cyclegan
         if stage == "fit":
-            folders = [prepared_dir(self.cfg, "train", name) for name in self.cfg.data.train]
-            self.train_set = UnpairedSlices(folders, c.crop, c.min_lesion_pixels, c.min_lung_pixels, self.cfg.seed)
+            self.train_set = UnpairedSlices(self.training_cases(), c.crop, c.min_lesion_pixels, c.min_lung_pixels,
+                                            self.cfg.seed)
         super().setup(stage)
 
     def train_dataloader(self) -> DataLoader:

@@ -4,8 +4,9 @@ An experiment file names its `base` and holds only what differs from it, so the
 paper's settings live in one place (experiments/normnet.yaml). The merged
 config is struct: a key that the base does not define is an error, whether it
 comes from a file or from the command line, so a typo never silently trains
-with the default. A baseline's file may add its method's own top-level group
-(METHOD_GROUPS); any other new top-level name is an error too.
+with the default. A method's experiment file may add its own top-level groups;
+which ones a method may have, and their values, the method registry checks
+(`lightning_normnet.methods`): this module knows no method.
 """
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from omegaconf.errors import ConfigKeyError
 from .datasets import HEALTHY_SETS, TEST_SETS
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
-METHOD_GROUPS = {"normnet": (), "infnet": ("infnet",), "semi_infnet": ("infnet", "semi"), "cyclegan": ("cyclegan",),
-                 "unet3d": ("unet3d",)}
 
 
 class ConfigError(ValueError):
@@ -55,7 +54,7 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
 
 
 def _merge(base: DictConfig, conf) -> DictConfig:
-    """`conf` over `base`; top-level groups that `base` lacks are added (validate() checks their names)."""
+    """`conf` over `base`; top-level groups that `base` lacks are added (the method registry checks them)."""
     conf = OmegaConf.create(conf) if not isinstance(conf, DictConfig) else conf
     with open_dict(base):
         for key in [k for k in conf.keys() if k not in base]:
@@ -98,15 +97,6 @@ def _check_range(conf: DictConfig, key: str, low_bound: float = 0.0) -> None:
 
 def validate(conf: DictConfig) -> None:
     """Reject values that would fail late (mid-training) or silently do the wrong thing."""
-    if conf.model.kind not in METHOD_GROUPS:
-        raise ConfigError(f"model.kind={conf.model.kind!r} must be one of {', '.join(METHOD_GROUPS)}.")
-    known = set(_load_chain(resolve_experiment("normnet")).keys()) | set(METHOD_GROUPS[conf.model.kind])
-    unknown = [k for k in conf.keys() if k not in known]
-    if unknown:
-        raise ConfigError(f"unknown top-level group {unknown[0]!r} for model.kind={conf.model.kind}.")
-    missing = [g for g in METHOD_GROUPS[conf.model.kind] if g not in conf]
-    if missing:
-        raise ConfigError(f"model.kind={conf.model.kind} needs its {missing[0]!r} group (see experiments/).")
     for key in ("lesions.small_count", "lesions.medium_count", "lesions.small_semi_axes",
                 "lesions.medium_semi_axes", "lesions.large_semi_axes", "lesions.sigma_a",
                 "lesions.a_range", "lesions.sigma_b_small", "lesions.sigma_b_large", "lesions.mu0",
@@ -131,19 +121,14 @@ def validate(conf: DictConfig) -> None:
     if list(conf.data.slab[1:]) != list(conf.preprocessing.in_plane_size):
         raise ConfigError(f"data.slab in-plane {list(conf.data.slab[1:])} must equal "
                           f"preprocessing.in_plane_size {list(conf.preprocessing.in_plane_size)}.")
+    if conf.cv.fold is not None and not 0 <= conf.cv.fold < conf.cv.folds:
+        raise ConfigError(f"cv.fold={conf.cv.fold} must lie in 0..cv.folds-1 ({conf.cv.folds} folds).")
     _validate_datasets(conf)
-    if conf.model.kind == "unet3d":
-        multiple = 2 ** (len(conf.unet3d.channels) - 1)
-        if any(p % multiple for p in conf.unet3d.patch):
-            raise ConfigError(f"unet3d.patch={list(conf.unet3d.patch)} must be a multiple of {multiple} on every "
-                              f"axis ({len(conf.unet3d.channels) - 1} downsamplings of unet3d.channels).")
-    if conf.model.kind == "cyclegan":
-        c = conf.cyclegan
-        if c.clustering not in ("kmeans", "otsu"):
-            raise ConfigError(f"cyclegan.clustering={c.clustering!r} must be kmeans or otsu.")
-        if c.crop % 2 ** c.stages or c.crop > min(conf.preprocessing.in_plane_size):
-            raise ConfigError(f"cyclegan.crop={c.crop} must be a multiple of 2^stages={2 ** c.stages} "
-                              f"within preprocessing.in_plane_size {list(conf.preprocessing.in_plane_size)}.")
+
+
+def core_groups() -> set[str]:
+    """The top-level groups of experiments/normnet.yaml, which every experiment has."""
+    return set(_load_chain(resolve_experiment("normnet")).keys())
 
 
 def _validate_datasets(conf: DictConfig) -> None:

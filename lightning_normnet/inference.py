@@ -1,13 +1,13 @@
-"""Ensemble inference: sliding-window healthy probabilities per member, majority vote, post-processing.
+"""Prediction: what every method returns, NormNet's ensemble vote, and the scan-to-mask contract.
 
-`predict_lesions` works on the model grid (validation, `evaluate`);
-`predict_ct` goes from a CT file or DICOM folder to a lesion mask in the
-input's own geometry plus the numbers of a report.
+Every method predicts on its own grid (`VolumePrediction`); `predict_scan` takes
+a scan in HU and its lung mask onto that grid and the lesion mask back onto the
+scan's own. NormNet's ensemble: sliding-window healthy probabilities per member,
+majority vote, post-processing (`predict_lesions`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -15,10 +15,9 @@ import torch
 from monai.inferers import sliding_window_inference
 from omegaconf import DictConfig
 
-from .io import read_ct, read_mask
-from .lungmask import lung_mask
+from .io import Grid
 from .postprocessing import postprocess
-from .preprocessing import prepare_volume
+from .preprocessing import prepare_volume, to_original_grid
 
 
 @torch.no_grad()
@@ -39,26 +38,19 @@ def majority_vote(probabilities: torch.Tensor, threshold: float) -> torch.Tensor
 
 
 @dataclass
-class EnsemblePrediction:
-    lesion: torch.Tensor             # final lesion mask (B, 1, D, H, W)
-    healthy: torch.Tensor            # voted healthy voxels
-    healthy_probability: torch.Tensor  # members' mean healthy probability
+class VolumePrediction:
+    """A method's prediction of a prepared volume, on the method's grid, (B, 1, D, H, W)."""
+    lesion: torch.Tensor                              # the lesion mask
+    healthy: torch.Tensor | None = None               # NormNet: voxels voted healthy (Table II)
+    healthy_probability: torch.Tensor | None = None   # NormNet: the members' mean healthy probability
 
 
 def predict_lesions(members, image: torch.Tensor, lung: torch.Tensor, inference: DictConfig,
-                    postprocessing: DictConfig) -> EnsemblePrediction:
+                    postprocessing: DictConfig) -> VolumePrediction:
     probabilities = member_probabilities(members, image, inference)
     healthy = majority_vote(probabilities, inference.healthy_probability) & lung.bool()
     lesion = postprocess(image, lung, healthy, postprocessing)
-    return EnsemblePrediction(lesion, healthy, probabilities.mean(0))
-
-
-@dataclass
-class CTPrediction:
-    image: sitk.Image   # the input CT, HU
-    lesion: sitk.Image  # lesion mask in the input's geometry
-    lung: sitk.Image    # lung mask in the input's geometry
-    report: dict
+    return VolumePrediction(lesion, healthy, probabilities.mean(0))
 
 
 def slice_by_slice(predict_slices, *volumes: torch.Tensor, chunk: int = 8) -> torch.Tensor:
@@ -69,28 +61,14 @@ def slice_by_slice(predict_slices, *volumes: torch.Tensor, chunk: int = 8) -> to
     return torch.cat(parts).transpose(0, 1)[None]
 
 
-def predict_ct(members, path: str | Path, cfg: DictConfig, device: torch.device,
-               lung_path: Path | None = None) -> CTPrediction:
-    """Lesion mask and report for one CT (file or DICOM folder), in the input's own grid."""
-    image = read_ct(path)
-    supplied = read_mask(lung_path, image, "lung mask") if lung_path else None
-    lung = lung_mask(image, cfg.lung_mask, supplied, source=path)
-    prepared = prepare_volume(image, lung, cfg.preprocessing, training=False)
+def predict_scan(model, image: sitk.Image, lung: sitk.Image, device: torch.device | str = "cpu") -> sitk.Image:
+    """The prediction contract every method keeps, end to end: the scan (HU) and its lung mask onto the
+    method's own grid (`model.cfg.preprocessing`), `model.predict_volume(H, M)` there, and the lesion mask
+    brought back onto the scan's own grid (size, spacing, origin, direction)."""
+    prepared = prepare_volume(image, lung, model.cfg.preprocessing, training=False)
     volume = torch.from_numpy(prepared.image)[None, None].to(device)
-    lung_tensor = torch.from_numpy(prepared.lung)[None, None].to(device)
-    result = predict_lesions(members, volume, lung_tensor, cfg.inference, cfg.postprocessing)
-    lesion = prepared.restore(result.lesion[0, 0].cpu().numpy(), image)
-    return CTPrediction(image, lesion, lung, infection_report(path, lesion, lung))
-
-
-def infection_report(source, lesion: sitk.Image, lung: sitk.Image) -> dict:
-    """Lung and lesion volume (mL), percentage of infection, lesion voxels per axial slice (array axis 0)."""
-    voxel_ml = float(np.prod(lesion.GetSpacing())) / 1000.0
-    lesion_array = sitk.GetArrayViewFromImage(lesion) > 0
-    lung_array = sitk.GetArrayViewFromImage(lung) > 0
-    lung_ml = float(lung_array.sum()) * voxel_ml
-    lesion_ml = float(lesion_array.sum()) * voxel_ml
-    return {"input": str(source), "spacing_mm": list(lesion.GetSpacing()), "lung_volume_ml": lung_ml,
-            "lesion_volume_ml": lesion_ml,
-            "percentage_of_infection": 100.0 * lesion_ml / lung_ml if lung_ml > 0 else 0.0,
-            "lesion_voxels_per_slice": lesion_array.sum(axis=(1, 2)).astype(int).tolist()}
+    lung_on_grid = torch.from_numpy(prepared.lung)[None, None].to(device)
+    with torch.no_grad():
+        lesion = model.predict_volume(volume, lung_on_grid).lesion
+    original = Grid.of(image)
+    return original.image(to_original_grid(lesion[0, 0].cpu().numpy(), prepared.grid, original).astype(np.uint8))

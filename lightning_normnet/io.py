@@ -78,12 +78,39 @@ class StoredWindow:
 
 
 @dataclass(frozen=True)
-class Header:
-    """Geometry of an image file without its voxels."""
+class Grid:
+    """Where an image's voxels lie: size and spacing (x, y, z), origin (mm) and direction cosines.
+    Predictions are brought back onto the scan's own Grid and scored there."""
     size: tuple[int, int, int]
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Grid":
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
+                   tuple(image.GetDirection()))
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "Grid":
+        return cls(*(tuple(saved[k]) for k in ("size", "spacing", "origin", "direction")))
+
+    def as_dict(self) -> dict:
+        return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
+                "direction": list(self.direction)}
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The (z, y, x) shape of its arrays."""
+        return tuple(reversed(self.size))
+
+    def image(self, array: np.ndarray) -> sitk.Image:
+        """A SimpleITK image of a (z, y, x) array on this grid."""
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
 
     def slice_index(self, point_mm) -> float:
         """Continuous index along the third image axis (the slices) of a world point."""
@@ -92,12 +119,11 @@ class Header:
         return float(local[2] / self.spacing[2])
 
 
-def read_header(path: str | Path) -> Header:
-    """Size and geometry; a file's header only, a DICOM folder as a whole series."""
+def read_header(path: str | Path) -> Grid:
+    """The grid of an image: a file's header only, a DICOM folder as a whole series."""
     path = Path(path)
     if path.is_dir():
-        image = read_image(path)
-        return Header(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+        return Grid.of(read_image(path))
     if not path.exists():
         raise InputError(f"{path}: no such file or folder.")
     reader = sitk.ImageFileReader()
@@ -106,7 +132,8 @@ def read_header(path: str | Path) -> Header:
         reader.ReadImageInformation()
     except RuntimeError:
         raise InputError(f"{path}: cannot be read (unreadable header).") from None
-    return Header(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    return Grid(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
+                tuple(reader.GetDirection()))
 
 
 def read_ct(path: str | Path, stored_window: StoredWindow | None = None) -> sitk.Image:
@@ -144,7 +171,7 @@ def _within(array: np.ndarray, low: float, high: float) -> bool:
     return float(array.min()) >= low - tolerance and float(array.max()) <= high + tolerance
 
 
-def read_mask(path: str | Path, reference: sitk.Image, what: str = "mask", labels: Labels | None = None,
+def read_mask(path: str | Path, reference: sitk.Image | Grid, what: str = "mask", labels: Labels | None = None,
               header_from_reference: bool = False) -> sitk.Image:
     """A binary mask on the reference image's grid.
 
@@ -154,17 +181,18 @@ def read_mask(path: str | Path, reference: sitk.Image, what: str = "mask", label
     are cut at half their nominal maximum (0.5 or 127.5). `header_from_reference`
     accepts a mask whose header is wrong but whose size matches (UESTC labels).
     """
+    grid = reference if isinstance(reference, Grid) else Grid.of(reference)
     mask = read_image(path)
-    same_size = mask.GetSize() == reference.GetSize()
+    same_size = mask.GetSize() == grid.size
     same_space = header_from_reference or (
-        np.allclose(mask.GetSpacing(), reference.GetSpacing(), rtol=1e-3)
-        and np.allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-2 * max(reference.GetSpacing()))
-        and np.allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-3))
+        np.allclose(mask.GetSpacing(), grid.spacing, rtol=1e-3)
+        and np.allclose(mask.GetOrigin(), grid.origin, atol=1e-2 * max(grid.spacing))
+        and np.allclose(mask.GetDirection(), grid.direction, atol=1e-3))
     if not (same_size and same_space):
         raise InputError(
-            f"{path}: {what} geometry differs from its image (size {mask.GetSize()} vs {reference.GetSize()}, "
+            f"{path}: {what} geometry differs from its image (size {mask.GetSize()} vs {grid.size}, "
             f"spacing {tuple(round(s, 3) for s in mask.GetSpacing())} vs "
-            f"{tuple(round(s, 3) for s in reference.GetSpacing())}).")
+            f"{tuple(round(s, 3) for s in grid.spacing)}).")
     array = sitk.GetArrayViewFromImage(mask)
     integer = bool(np.all(np.mod(array, 1) == 0))
     if labels is not None:
@@ -178,9 +206,7 @@ def read_mask(path: str | Path, reference: sitk.Image, what: str = "mask", label
         binary = array != 0
     else:
         binary = array > (127.5 if float(array.max()) > 1.5 else 0.5)
-    out = sitk.GetImageFromArray(binary.astype(np.uint8))
-    out.CopyInformation(reference)
-    return out
+    return grid.image(binary.astype(np.uint8))
 
 
 def read_slice_labels(path: str | Path, reference: sitk.Image) -> sitk.Image:

@@ -6,13 +6,13 @@ is trivially right). Table II: the bright lung voxels (H >= tau) classified as
 healthy (positive) or lesion by the vote, with precision, sensitivity,
 specificity and the AUC of the members' mean healthy probability. A ratio with
 an empty denominator is NaN (e.g. PSC of an empty prediction) and is left out
-of the dataset mean; DSC of an empty prediction on an empty truth is 1.
+of the dataset mean; DSC of an empty prediction on an empty truth is 1. The
+records and their summaries are `scores`.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
@@ -45,14 +45,6 @@ def segmentation_metrics(pred: torch.Tensor, truth: torch.Tensor, lung: torch.Te
             "psc": _ratio(tp, tp + fp), "sen": _ratio(tp, tp + fn), "spec": _ratio(tn_lung, tn_lung + fp_lung)}
 
 
-def volume_record(batch: dict, lesion: torch.Tensor) -> dict:
-    """The per-volume record of a validation batch (one labelled volume): its set, name, source file and
-    Table III metrics."""
-    record = {"dataset": batch["dataset"][0], "name": batch["name"][0], "source": batch["source"][0]}
-    record.update(segmentation_metrics(lesion, batch["lesion"], batch["lung"]))
-    return record
-
-
 def bright_voxel_metrics(healthy_vote: torch.Tensor, healthy_probability: torch.Tensor, image: torch.Tensor,
                          lung: torch.Tensor, lesion: torch.Tensor, tau: float) -> dict[str, float]:
     """Table II on the bright lung voxels: positive = healthy tissue, negative = lesion."""
@@ -67,30 +59,3 @@ def bright_voxel_metrics(healthy_vote: torch.Tensor, healthy_probability: torch.
     auc = float(binary_auroc(healthy_probability[bright].float(), truth.long())) if both else math.nan
     return {"bright_precision": _ratio(tp, tp + fp), "bright_sensitivity": _ratio(tp, tp + fn),
             "bright_specificity": _ratio(tn, tn + fp), "bright_auc": auc}
-
-
-def summarize(records: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """Per dataset and metric: (mean, std, n) over the volumes where the metric is defined."""
-    out: dict[str, dict[str, tuple[float, float, int]]] = {}
-    for dataset in sorted({r["dataset"] for r in records}):
-        rows = [r for r in records if r["dataset"] == dataset]
-        out[dataset] = {}
-        for key in METRIC_KEYS:
-            values = np.array([r[key] for r in rows if key in r], dtype=float)
-            values = values[~np.isnan(values)]
-            out[dataset][key] = ((float(values.mean()), float(values.std()), len(values)) if len(values)
-                                 else (math.nan, math.nan, 0))
-    return out
-
-
-def format_table(summary: dict) -> str:
-    """Markdown table: one row per dataset, mean +/- std in percent (MAE as a fraction), as Tables II and III;
-    the columns are the metrics some dataset has."""
-    keys = [k for k in METRIC_KEYS if k in SEGMENTATION_KEYS or any(m[k][2] for m in summary.values())]
-    lines = ["| dataset | " + " | ".join(k.upper() if k in SEGMENTATION_KEYS else k for k in keys) + " |",
-             "|---" * (len(keys) + 1) + "|"]
-    for dataset, metrics in summary.items():
-        cells = [("n/a" if not n else f"{m:.3f} ± {s:.3f}" if k == "mae" else f"{100 * m:.1f} ± {100 * s:.1f}")
-                 for k, (m, s, n) in ((k, metrics[k]) for k in keys)]
-        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

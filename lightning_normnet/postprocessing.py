@@ -69,6 +69,16 @@ def dilate(mask: torch.Tensor, radius: int, shape: str = "ball") -> torch.Tensor
     return (out > 0.5).reshape(mask.shape)
 
 
+def opening(mask: torch.Tensor, radius: int, shape: str = "ball") -> torch.Tensor:
+    """Binary opening (erosion, then dilation, by the same element): removes specks thinner than the
+    element and keeps the rest of the mask. Beyond the border counts as background."""
+    if radius <= 0:
+        return mask.bool()
+    eroded = ~dilate(F.pad(~mask.bool(), (radius,) * 6, value=True), radius, shape)
+    eroded = eroded[..., radius:-radius, radius:-radius, radius:-radius]
+    return dilate(eroded, radius, shape)
+
+
 def postprocess(volume: torch.Tensor, lung: torch.Tensor, healthy: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
     """Lesion mask from H (`volume`, windowed [0, 1]), the lung M and the voted healthy voxels (Eq. 10)."""
     lung, healthy = lung.bool(), healthy.bool()

@@ -3,8 +3,9 @@
 Order, as in the paper: reorient, resample to 0.8 x 0.8 x 1 mm, window [-800, 100]
 HU to [0, 1] (R'), H' = R' * M', remove erroneous edges (training only), H = H' * M,
 then centre the lungs and crop/pad in-plane with 0. Slices without lung are
-dropped along z. `PreparedVolume.restore` maps a mask on the model grid back
-onto the input's own grid.
+dropped along z. The crop is itself a grid (`PreparedVolume.grid`), and
+`to_original_grid` brings any array on it back onto the scan's own grid: every
+method's prediction is scored, and written, there.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import SimpleITK as sitk
 from omegaconf import DictConfig
 from scipy import ndimage
 
-from .io import image_like
+from .io import Grid
 
 
 @dataclass
@@ -23,15 +24,18 @@ class PreparedVolume:
     image: np.ndarray          # H: windowed [0, 1], zero outside the lung (mask_outside_lung), (z, y, x) float32
     lung: np.ndarray           # M: bool
     lesion: np.ndarray | None  # ground truth on the same grid, when given
-    resampled: sitk.Image      # the reoriented, resampled grid the crop was taken from
-    start: tuple[int, int, int]  # (z, y, x) of the crop's first voxel in `resampled` (may be < 0: padding)
+    grid: Grid                 # where these arrays lie: the reoriented, resampled, cropped model grid
 
-    def restore(self, mask: np.ndarray, original: sitk.Image) -> sitk.Image:
-        """Put a (z, y, x) mask of this grid back onto the original image's grid (nearest neighbour)."""
-        full_shape = sitk.GetArrayViewFromImage(self.resampled).shape
-        full = crop_or_pad(mask.astype(np.uint8), tuple(-s for s in self.start), full_shape)
-        on_resampled = image_like(full, self.resampled)
-        return sitk.Resample(on_resampled, original, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+def to_original_grid(array: np.ndarray, model: Grid, original: Grid, linear: bool = False) -> np.ndarray:
+    """A (z, y, x) array on the model grid sampled at the voxels of the original grid: nearest neighbour
+    (masks, votes) or linear (probabilities); 0 where the model grid does not reach."""
+    source = model.image(np.ascontiguousarray(array, dtype=np.float32 if linear else np.uint8))
+    resampled = sitk.Resample(source, [int(s) for s in original.size], sitk.Transform(),
+                              sitk.sitkLinear if linear else sitk.sitkNearestNeighbor, original.origin,
+                              original.spacing, original.direction, 0, source.GetPixelID())
+    out = sitk.GetArrayFromImage(resampled)
+    return out if linear else out.astype(bool)
 
 
 def reorient(image: sitk.Image, orientation: str) -> sitk.Image:
@@ -121,4 +125,13 @@ def prepare_volume(image: sitk.Image, lung: sitk.Image, cfg: DictConfig, lesion:
         image=crop_or_pad(thorax.astype(np.float32), start, size),
         lung=crop_or_pad(lung_array, start, size),
         lesion=None if lesion_array is None else crop_or_pad(lesion_array, start, size),
-        resampled=image, start=start)
+        grid=_crop_grid(image, start, size))
+
+
+def _crop_grid(image: sitk.Image, start_zyx, size_zyx) -> Grid:
+    """The grid of image[start:start + size] (start may be negative: padding)."""
+    spacing = np.array(image.GetSpacing())
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin()) + direction @ (spacing * np.array(start_zyx[::-1], dtype=float))
+    return Grid(tuple(int(s) for s in size_zyx[::-1]), tuple(float(s) for s in spacing),
+                tuple(float(o) for o in origin), tuple(float(d) for d in direction.ravel()))

@@ -41,8 +41,8 @@ def tiny_config(tiny_overrides):
 
 
 @pytest.fixture(autouse=True)
-def no_inherited_run_dir(monkeypatch):
-    """The run folder one test chose (NORMNET_RUN_DIR, set by _run_dir) must not leak into the next:
-    set then deleted through monkeypatch, the variable is removed again after every test."""
+def no_launch_variable(monkeypatch):
+    """The folder a run hands to the DDP ranks it launches (runs.run.LAUNCH_VARIABLE) is left to no
+    later test: set then deleted through monkeypatch, the variable is removed again after every test."""
     monkeypatch.setenv("NORMNET_RUN_DIR", "unset")
     monkeypatch.delenv("NORMNET_RUN_DIR")

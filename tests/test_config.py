@@ -1,6 +1,9 @@
+import re
+
 import pytest
 
 from lightning_normnet.config import ConfigError, load_config
+from lightning_normnet.methods import method_of
 
 
 def test_paper_settings_are_the_default():
@@ -57,5 +60,22 @@ def test_unknown_experiment_names_the_known_ones():
 
 def test_unet3d_patch_must_survive_its_downsamplings():
     with pytest.raises(ConfigError, match="must be a multiple of 16"):
-        load_config("unet3d", ["unet3d.patch=[96,96,24]"])
+        method_of(load_config("unet3d", ["unet3d.patch=[96,96,24]"]))
     assert list(load_config("unet3d").unet3d.patch) == [160, 160, 80]      # the paper's, 80 = 5 x 16
+
+
+@pytest.mark.parametrize("experiment, override, message", [
+    ("normnet", "model.kind=voxelnet", "model.kind='voxelnet' must be one of cyclegan, infnet, normnet"),
+    ("unet3d", "model.kind=normnet", "unknown top-level group 'unet3d' for model.kind=normnet"),
+    ("normnet", "model.kind=cyclegan", "model.kind=cyclegan needs its 'cyclegan' group"),
+    ("threshold", "threshold.hu_band=[-900,-200]", "inside preprocessing.window"),
+    ("cyclegan", "cyclegan.clustering=mean", "kmeans or otsu"),
+])
+def test_the_registry_checks_each_methods_groups(experiment, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        method_of(load_config(experiment, [override]))
+
+
+def test_cv_fold_must_be_one_of_the_folds():
+    with pytest.raises(ConfigError, match="cv.fold=5 must lie in 0..cv.folds-1"):
+        load_config("unet3d", ["cv.fold=5"])

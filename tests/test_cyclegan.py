@@ -118,6 +118,6 @@ def test_cyclegan_trains_and_evaluates(tmp_path, tiny_overrides):
              "cyclegan.min_lung_pixels=50"]
     assert main(["train", "cyclegan", *tiny_overrides, *small]) == 0
     run = next((tmp_path / "runs" / "cyclegan").glob("train-*"))
-    assert json.loads((run / "evaluation.json").read_text())[-1]["summary"]["phantom"]["dsc"][2] == 2
+    assert json.loads((run / "evaluation.json").read_text())["validations"][-1]["summary"]["phantom"]["dsc"][2] == 2
     assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), *tiny_overrides[-2:],
                  "logging.wandb=false"]) == 0

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from datamodules.data_sources import prepare_dataset, prepared_dir
+from lightning_normnet.datasets.sources import prepare_dataset, prepared_dir
 from lightning_normnet.datasets import discover
 from lightning_normnet.datasets.cache import load_index
 from lightning_normnet.datasets.covid19_ct_seg import mask_name
 from lightning_normnet.datasets.luna16 import nodule_free_runs
-from lightning_normnet.io import Header, InputError, StoredWindow, read_ct
+from lightning_normnet.io import Grid, InputError, StoredWindow, read_ct
 from lightning_normnet.phantom import make_chest
 
 SPACING = (6.0, 6.0, 5.0)
@@ -48,7 +48,7 @@ def test_nodule_slices_by_hand():
     """z spacing 2.5 mm from z = -100 mm: a nodule at z = -50 mm (slice 20) of diameter 10 mm reaches
     20 +/- 2, and slices 18..22 (spans 17.5..22.5) overlap it. A margin of 2.5 mm (one slice) takes 17 and
     23 too; one of 1.25 mm reaches 17.5, where slice 17 (16.5..17.5) only touches it: kept."""
-    header = Header((8, 8, 40), (1.0, 1.0, 2.5), (0.0, 0.0, -100.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    header = Grid((8, 8, 40), (1.0, 1.0, 2.5), (0.0, 0.0, -100.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     nodule = [(3.0, 4.0, -50.0, 5.0)]
     assert nodule_free_runs(header, nodule) == [(0, 18), (23, 40)]
     assert nodule_free_runs(header, nodule, margin_mm=2.5) == [(0, 17), (24, 40)]
@@ -59,7 +59,7 @@ def test_nodule_slices_by_hand():
 
 def test_nodule_slices_follow_the_slice_axis_direction():
     """A scan stored feet-first (direction z = -1): world z = -50 mm is slice (0 - -50) / 2.5 = 20."""
-    header = Header((8, 8, 40), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, -1))
+    header = Grid((8, 8, 40), (1.0, 1.0, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, -1))
     assert header.slice_index((0.0, 0.0, -50.0)) == pytest.approx(20.0)
     assert nodule_free_runs(header, [(0.0, 0.0, -50.0, 2.5)]) == [(0, 19), (22, 40)]
 
@@ -371,7 +371,7 @@ def test_slice_labels_mark_infected_slices_of_a_training_set(tmp_path, tiny_conf
     per_slice = lesion.reshape(lesion.shape[0], -1)
     assert (per_slice.all(axis=1) | ~per_slice.any(axis=1)).all()       # whole slices
     assert per_slice.all(axis=1).any() and not per_slice.any(axis=1).all()
-    slices = UnpairedSlices([out], crop=32, min_lesion_pixels=10, min_lung_pixels=10, seed=0)
+    slices = UnpairedSlices([out / "P001"], crop=32, min_lesion_pixels=10, min_lung_pixels=10, seed=0)
     assert slices.infected and slices.healthy
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from datamodules.data_sources import prepare_dataset, prepared_dir
+from lightning_normnet.datasets.sources import prepare_dataset, prepared_dir
 from datamodules.healthy import HealthySlabs
 from lightning_normnet.datasets.cache import load_index
 from lightning_normnet.datasets.summary import format_summary, summary_row

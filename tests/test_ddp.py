@@ -12,21 +12,23 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from callbacks.ensemble_evaluation import EnsembleEvaluation
+from callbacks.volume_evaluation import VolumeEvaluation
 from datamodules.evaluation import EvaluationDataModule
 from lightning_normnet.config import load_config
 from lightning_normnet.models.normnet import NormNet
+from lightning_normnet.scores import Evaluation
 
 
 def test_each_volume_counted_once_with_two_processes(tmp_path, tiny_overrides):
     cfg = load_config("normnet_quick", tiny_overrides + ["data.phantom.covid_volumes=3"])
     datamodule = EvaluationDataModule(cfg)
     datamodule.prepare_data()
+    evaluation = VolumeEvaluation(tmp_path / "run", Evaluation("normnet", "ddp", True, []), overlays=0)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
-                        callbacks=[EnsembleEvaluation(tmp_path / "run", overlays=0)], enable_progress_bar=False,
+                        callbacks=[evaluation], enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.validate(NormNet(OmegaConf.to_container(cfg)), datamodule=datamodule)
-    history = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    history = json.loads((tmp_path / "run" / "evaluation.json").read_text())["validations"]
     names = [v["name"] for v in history[-1]["volumes"]]
     assert names == ["covid_000", "covid_001", "covid_002"]
     assert history[-1]["summary"]["phantom"]["dsc"][2] == 3
@@ -45,7 +47,7 @@ def test_ddp_training_from_the_command_line(tmp_path, tiny_overrides):
     assert done.returncode == 0, done.stderr[-2000:]
     runs = list((tmp_path / "runs" / "normnet_quick").iterdir())
     assert len(runs) == 1
-    history = json.loads((runs[0] / "evaluation.json").read_text())
+    history = json.loads((runs[0] / "evaluation.json").read_text())["validations"]
     assert [entry["step"] for entry in history] == [2, 4, 5]
     assert all([v["name"] for v in entry["volumes"]] == ["covid_000", "covid_001", "covid_002"] for entry in history)
     last = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

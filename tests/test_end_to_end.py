@@ -17,7 +17,7 @@ def _only(pattern: str, root: Path) -> Path:
 def test_train_validate_evaluate_predict_on_the_phantom(tmp_path, tiny_overrides):
     assert main(["train", "normnet_quick", *tiny_overrides]) == 0
     run = _only("runs/normnet_quick/train-*", tmp_path)
-    history = json.loads((run / "evaluation.json").read_text())
+    history = json.loads((run / "evaluation.json").read_text())["validations"]
     assert history[-1]["step"] == 2 and len(history[-1]["volumes"]) == 2
     assert set(history[-1]["summary"]["phantom"]) >= {"dsc", "psc", "sen", "spec", "bright_auc"}
     assert (run / "evaluation.md").read_text().startswith("| dataset | DSC")
@@ -30,7 +30,7 @@ def test_train_validate_evaluate_predict_on_the_phantom(tmp_path, tiny_overrides
     assert main(["evaluate", "--checkpoint", str(checkpoint), str(checkpoint), *tiny_overrides[-2:],
                  "logging.wandb=false"]) == 0
     evaluation = _only("runs/normnet_quick/evaluate-*", tmp_path)
-    assert len(json.loads((evaluation / "evaluation.json").read_text())[-1]["volumes"]) == 2
+    assert len(json.loads((evaluation / "evaluation.json").read_text())["validations"][-1]["volumes"]) == 2
     assert (evaluation / "datasets.md").read_text().splitlines()[2].startswith("| phantom | test | 2 |")
 
     scan = _only("cache/phantom/*/test/images/covid_001.nii.gz", tmp_path)

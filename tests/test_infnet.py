@@ -99,13 +99,13 @@ TINY_SLICES = ["infnet.train_size=64", "infnet.scales=[0.75,1.0]", "infnet.batch
 def test_infnet_trains_and_evaluates(tmp_path, tiny_overrides):
     assert main(["train", "infnet", *tiny_overrides, *TINY_SLICES]) == 0
     run = next((tmp_path / "runs" / "infnet").glob("train-*"))
-    summary = json.loads((run / "evaluation.json").read_text())[-1]["summary"]
+    summary = json.loads((run / "evaluation.json").read_text())["validations"][-1]["summary"]
     assert set(summary) == {"covid-semiseg", "phantom"}
     assert summary["covid-semiseg"]["s_alpha"][2] > 0 and summary["phantom"]["dsc"][2] == 2
     checkpoint = run / "checkpoints" / "last.ckpt"
     assert main(["evaluate", "--checkpoint", str(checkpoint), *tiny_overrides[-2:], "logging.wandb=false"]) == 0
     evaluation = next((tmp_path / "runs" / "infnet").glob("evaluate-*"))
-    scored = json.loads((evaluation / "evaluation.json").read_text())[-1]["summary"]
+    scored = json.loads((evaluation / "evaluation.json").read_text())["validations"][-1]["summary"]
     assert scored["phantom"]["dsc"][2] == 2 and scored["covid-semiseg"]["dsc"][2] > 0
 
 

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from lightning_normnet.metrics import bright_voxel_metrics, confusion, segmentation_metrics, summarize
+from lightning_normnet.metrics import bright_voxel_metrics, confusion, segmentation_metrics
+from lightning_normnet.scores import VolumeScore, summarize
 
 
 def test_segmentation_metrics_by_hand():
@@ -38,8 +39,8 @@ def test_bright_voxel_metrics_by_hand():
 
 
 def test_summary_is_mean_and_std_over_defined_volumes():
-    records = [{"dataset": "a", "dsc": 0.5, "psc": math.nan}, {"dataset": "a", "dsc": 0.7, "psc": 0.4},
-               {"dataset": "b", "dsc": 0.1, "psc": 0.2}]
+    records = [VolumeScore("a", "1", dsc=0.5), VolumeScore("a", "2", dsc=0.7, psc=0.4),
+               VolumeScore("b", "3", dsc=0.1, psc=0.2)]
     s = summarize(records)
     assert s["a"]["dsc"][0] == pytest.approx(0.6) and s["a"]["dsc"][1] == pytest.approx(0.1)
     assert s["a"]["psc"] == (pytest.approx(0.4), 0.0, 1)

@@ -3,9 +3,10 @@ import pytest
 import SimpleITK as sitk
 
 from lightning_normnet.config import load_config
-from lightning_normnet.io import read_ct
+from lightning_normnet.io import Grid, read_ct
 from lightning_normnet.lungmask import lung_mask
-from lightning_normnet.preprocessing import crop_or_pad, prepare_volume, remove_erroneous_edges, window
+from lightning_normnet.preprocessing import (crop_or_pad, prepare_volume, remove_erroneous_edges, to_original_grid,
+                                             window)
 
 from .conftest import shared_data
 
@@ -46,22 +47,25 @@ def _box_chest(spacing):
     return image, lung, hu < -500
 
 
-def test_restore_inverts_reorientation_and_crop_exactly():
+def test_back_on_the_original_grid_inverts_reorientation_and_crop_exactly():
     cfg = load_config("normnet_quick", ["preprocessing.spacing=[2.5,2.0,3.0]"]).preprocessing
     image, lung, truth = _box_chest((2.5, 2.0, 3.0))
     prepared = prepare_volume(image, lung, cfg)
     assert prepared.image.shape == (14, *cfg.in_plane_size)
     assert prepared.image.max() <= 1 and prepared.image[~prepared.lung].max() == 0
-    back = prepared.restore(prepared.lung, image)
-    assert back.GetSize() == image.GetSize() and back.GetDirection() == image.GetDirection()
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(back).astype(bool), truth)
+    back = to_original_grid(prepared.lung, prepared.grid, Grid.of(image))
+    np.testing.assert_array_equal(back, truth)
+    windowed = np.clip((sitk.GetArrayFromImage(image) + 800) / 900, 0, 1) * truth     # linear: exact at voxels
+    np.testing.assert_allclose(to_original_grid(prepared.image, prepared.grid, Grid.of(image), linear=True),
+                               windowed, atol=1e-6)
 
 
-def test_restore_after_resampling_keeps_the_shape():
+def test_back_on_the_original_grid_after_resampling_keeps_the_shape():
     cfg = load_config("normnet_quick").preprocessing          # 3.2 x 3.2 x 4 mm
     image, lung, truth = _box_chest((2.5, 2.0, 3.0))
     prepared = prepare_volume(image, lung, cfg)
-    restored = sitk.GetArrayFromImage(prepared.restore(prepared.lung, image)).astype(bool)
+    restored = to_original_grid(prepared.lung, prepared.grid, Grid.of(image))
+    assert restored.shape == truth.shape
     assert 2 * (restored & truth).sum() / (restored.sum() + truth.sum()) > 0.9
 
 
@@ -71,7 +75,6 @@ def test_real_dicom_round_trip():
     image = read_ct(shared_data("cip/ct-64Dicom"))
     lung = lung_mask(image, cfg.lung_mask)
     prepared = prepare_volume(image, lung, cfg.preprocessing)
-    back = prepared.restore(prepared.lung, image)
-    assert back.GetSize() == image.GetSize() and back.GetOrigin() == image.GetOrigin()
-    a, b = sitk.GetArrayFromImage(back).astype(bool), sitk.GetArrayFromImage(lung).astype(bool)
+    a = to_original_grid(prepared.lung, prepared.grid, Grid.of(image))
+    b = sitk.GetArrayFromImage(lung).astype(bool)
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9

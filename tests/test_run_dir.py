@@ -1,18 +1,20 @@
 """All ranks of one run write into one folder."""
-from lightning_normnet.cli import _run_dir
+from lightning_normnet.runs.run import open_run_folder
 
 
-def test_ddp_children_reuse_the_parents_folder(tiny_config, monkeypatch):
-    monkeypatch.delenv("NORMNET_RUN_DIR", raising=False)
+def test_ranks_launched_for_ddp_use_their_parents_folder(tiny_config, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    first = _run_dir(tiny_config, "train")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    first = open_run_folder(tiny_config, "train")
     assert (first / "config.yaml").is_file()
-    assert _run_dir(tiny_config, "train") == first          # a child launched with the inherited env
+    second = open_run_folder(tiny_config, "train")              # another run of the same process: its own
+    assert second != first
+    monkeypatch.setenv("LOCAL_RANK", "1")                       # a rank Lightning launched from `second`
+    assert open_run_folder(tiny_config, "train") == second
 
 
 def test_slurm_tasks_share_the_job_folder(tiny_config, monkeypatch):
-    monkeypatch.delenv("NORMNET_RUN_DIR", raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    first = _run_dir(tiny_config, "train")
-    monkeypatch.delenv("NORMNET_RUN_DIR")                   # another srun task: no inherited env
-    assert _run_dir(tiny_config, "train") == first and first.name == "train-4242"
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    first = open_run_folder(tiny_config, "train")
+    assert open_run_folder(tiny_config, "train") == first and first.name == "train-4242"

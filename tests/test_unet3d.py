@@ -10,7 +10,7 @@ import torchio as tio
 
 from datamodules.labelled_patches import augmentation, class_labels, random_patch
 from lightning_normnet.cli import main
-from lightning_normnet.cross_validation import fold_assignment
+from lightning_normnet.folds import fold_assignment
 from lightning_normnet.models.unet3d import tversky_cross_entropy
 
 
@@ -75,7 +75,7 @@ UNET = ["unet3d.patch=[32,32,8]", "unet3d.channels=[4,8,16]", "unet3d.batches_pe
 
 
 def test_cross_validation_and_comparison(tmp_path, tiny_overrides, capsys):
-    assert main(["cv", "unet3d", *tiny_overrides, *UNET, "data.phantom.train_volumes=3", "unet3d.folds=2"]) == 0
+    assert main(["cv", "unet3d", *tiny_overrides, *UNET, "data.phantom.train_volumes=3", "cv.folds=2"]) == 0
     cv_dir = next((tmp_path / "runs" / "unet3d").glob("cv-*"))
     summary = json.loads((cv_dir / "cv_summary.json").read_text())
     assert [len(fold) for fold in summary["folds"]] in ([2, 1], [1, 2])
@@ -111,7 +111,7 @@ def test_predicted_masks_from_a_folder_are_scored_on_the_same_grid(tmp_path, tin
     assert main(["evaluate", "--masks", str(tmp_path / "perfect"), "--experiment", "normnet_quick", "--method",
                  "nnunet", *tiny_overrides]) == 0
     run = next((tmp_path / "runs" / "nnunet").glob("evaluate-*"))
-    volumes = json.loads((run / "evaluation.json").read_text())[-1]["volumes"]
+    volumes = json.loads((run / "evaluation.json").read_text())["validations"][-1]["volumes"]
     assert len(volumes) == 2 and all(v["dsc"] == 1.0 for v in volumes)
 
     empty = read_image(truth[0]) * 0
@@ -120,7 +120,7 @@ def test_predicted_masks_from_a_folder_are_scored_on_the_same_grid(tmp_path, tin
         write_image(empty, tmp_path / "empty" / path.name)
     assert main(["evaluate", "--masks", str(tmp_path / "empty"), "--experiment", "normnet_quick", *tiny_overrides]) == 0
     run = next((tmp_path / "runs" / "external").glob("evaluate-*"))
-    assert all(v["dsc"] == 0.0 for v in json.loads((run / "evaluation.json").read_text())[-1]["volumes"])
+    assert all(v["dsc"] == 0.0 for v in json.loads((run / "evaluation.json").read_text())["validations"][-1]["volumes"])
 
     (tmp_path / "empty" / truth[1].name).unlink()
     capsys.readouterr()
@@ -129,16 +129,17 @@ def test_predicted_masks_from_a_folder_are_scored_on_the_same_grid(tmp_path, tin
 
 
 def test_compare_keeps_the_shared_datasets_and_checks_their_volumes():
-    from lightning_normnet.comparison import MethodResult, check_same_volumes, shared_datasets
     from lightning_normnet.io import InputError
+    from lightning_normnet.runs.compare import MethodResult, check_same_volumes, shared_datasets
+    from lightning_normnet.scores import VolumeScore
 
-    def run(name, kind, volumes):
-        return MethodResult(name, kind, [{"dataset": d, "name": v, "dsc": 0.5} for d, v in volumes])
+    def run(name, label_free, volumes):
+        return MethodResult(name, label_free, [VolumeScore(d, v, dsc=0.5) for d, v in volumes])
 
-    infnet = run("infnet", "infnet", [("phantom", "a"), ("phantom", "b"), ("covid-semiseg", "s1")])
-    normnet = run("normnet", "normnet", [("phantom", "a"), ("phantom", "b")])
+    infnet = run("infnet", False, [("phantom", "a"), ("phantom", "b"), ("covid-semiseg", "s1")])
+    normnet = run("normnet", True, [("phantom", "a"), ("phantom", "b")])
     datasets, notes = shared_datasets([normnet, infnet])
     assert datasets == ["phantom"] and notes == ["covid-semiseg: only in infnet; left out"]
     check_same_volumes([normnet, infnet], datasets)
     with pytest.raises(InputError, match="1 only in normnet, 0 only in fewer: phantom/b"):
-        check_same_volumes([normnet, run("fewer", "unet3d", [("phantom", "a")])], datasets)
+        check_same_volumes([normnet, run("fewer", False, [("phantom", "a")])], datasets)

@@ -5,13 +5,17 @@ arrays (`preparation_settings`: the pre-processing, the lung-mask backend, the
 set's reading options, the folder it came from), so runs with equal settings
 share it and a change never reads stale arrays. Per case: H (float16), M and the
 lesion mask as .npy beside a meta.json written last, so an interrupted
-`prepare` resumes where it stopped; index.json lists the cases and what was
+`prepare` resumes where it stopped. A labelled case also keeps what scoring
+needs on the scan's own grid, never resampled (`ScanTruth`): the lesion mask
+and the lung mask M' (bit-packed) and H' at the lung's voxels; meta.json holds
+both grids, so a prediction on the model grid can be brought back. index.json lists the cases and what was
 skipped, and is rewritten (atomically) each time the folder is brought up to date.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +23,14 @@ import SimpleITK as sitk
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
-from ..io import InputError, read_ct, read_mask, read_slice_labels, save_array, write_text
+from ..io import Grid, InputError, read_ct, read_mask, read_slice_labels, save_array, write_text
 from ..lungmask import lung_mask
-from ..preprocessing import prepare_volume
+from ..preprocessing import prepare_volume, window
 from .cases import Case, Listing
 
 INDEX = "index.json"
 SETTINGS = "settings.json"
-VERSION = 2   # bump when preparation changes what it writes for equal settings
+VERSION = 3   # bump when preparation changes what it writes for equal settings
 # Options that only choose which cases a set lists; they do not change any case's arrays.
 LISTING_OPTIONS = {"exclude", "max_z_spacing_mm", "expert_only", "subsets", "remove_nodule_slices",
                    "nodule_margin_mm", "root"}
@@ -113,6 +117,7 @@ def _prepare_case(case: Case, folder: Path, cfg: DictConfig, training: bool) -> 
     save_array(prepared.lung, folder / "lung.npy")
     if prepared.lesion is not None:
         save_array(prepared.lesion, folder / "lesion.npy")
+        _save_truth(image, lesion, lung, cfg.preprocessing.window, folder)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     meta = {"name": case.name, "source": str(case.image), "shape": list(prepared.image.shape),
             "lung_per_slice": prepared.lung.sum(axis=(1, 2)).astype(int).tolist(),
@@ -121,9 +126,45 @@ def _prepare_case(case: Case, folder: Path, cfg: DictConfig, training: bool) -> 
             "slice_range": list(case.slices) if case.slices else None,
             "lung_ml": _volume_ml(lung, voxel_ml),
             "lesion_ml": None if lesion is None or case.slice_labels else _volume_ml(lesion, voxel_ml),
-            "lesion_from": "slice labels" if case.slice_labels else "mask" if lesion is not None else None}
+            "lesion_from": "slice labels" if case.slice_labels else "mask" if lesion is not None else None,
+            "grid": {"model": prepared.grid.as_dict(), "original": Grid.of(image).as_dict()}}
     _write_json(meta_path, meta)
     return meta
+
+
+@dataclass
+class ScanTruth:
+    """A labelled case on the scan's own grid, as scoring needs it: its lesion mask, its lung mask M' and
+    H' (the windowed CT, zero outside M'); and the model grid its prepared arrays lie on."""
+    lesion: np.ndarray   # (z, y, x) bool
+    lung: np.ndarray     # (z, y, x) bool
+    image: np.ndarray    # (z, y, x) float32
+    grid: Grid
+    model_grid: Grid
+
+
+def _save_truth(image: sitk.Image, lesion: sitk.Image, lung: sitk.Image, hu_window, folder: Path) -> None:
+    lung_array = sitk.GetArrayViewFromImage(lung) > 0
+    save_array(np.packbits(sitk.GetArrayViewFromImage(lesion) > 0), folder / "original_lesion.npy")
+    save_array(np.packbits(lung_array), folder / "original_lung.npy")
+    lung_values = window(sitk.GetArrayViewFromImage(image)[lung_array], *hu_window)
+    save_array(lung_values.astype(np.float16), folder / "original_lung_values.npy")
+
+
+def load_truth(folder: str | Path) -> ScanTruth:
+    """The ScanTruth of a prepared labelled case."""
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    grid = Grid.from_dict(meta["grid"]["original"])
+    count = int(np.prod(grid.shape))
+
+    def unpack(name: str) -> np.ndarray:
+        return np.unpackbits(np.load(folder / name), count=count).reshape(grid.shape).astype(bool)
+
+    lesion, lung = unpack("original_lesion.npy"), unpack("original_lung.npy")
+    image = np.zeros(grid.shape, np.float32)
+    image[lung] = np.load(folder / "original_lung_values.npy")
+    return ScanTruth(lesion, lung, image, grid, Grid.from_dict(meta["grid"]["model"]))
 
 
 def _volume_ml(mask: sitk.Image, voxel_ml: float) -> float:

@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from ..io import Header, InputError, Labels, case_name, read_header
+from ..io import Grid, InputError, Labels, case_name, read_header
 from .cases import Case, Listing, by_name, image_files, require_root, subfolder
 
 COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
@@ -79,7 +79,7 @@ def _annotations(root: Path) -> dict[str, list[tuple[float, float, float, float]
     return nodules
 
 
-def nodule_free_runs(header: Header, nodules, margin_mm: float = 0.0) -> list[tuple[int, int]]:
+def nodule_free_runs(header: Grid, nodules, margin_mm: float = 0.0) -> list[tuple[int, int]]:
     """[start, stop) runs of slices that no nodule reaches. A slice (index k spans k +/- 0.5) holds a
     nodule when that span overlaps the nodule's centre +/- (radius + margin) along the slice axis."""
     count = header.size[2]

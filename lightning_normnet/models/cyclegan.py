@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import random
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from ..difference_postprocessing import extract_lesions
-from ..inference import slice_by_slice
-from ..metrics import volume_record
+from ..inference import VolumePrediction, slice_by_slice
 from ..networks.cyclegan import UNetGenerator, patch_discriminator
+from .base import SegmentationModule
 
 
 class ImagePool:
@@ -55,11 +53,9 @@ def lsgan(prediction: torch.Tensor, target: float) -> torch.Tensor:
     return F.mse_loss(prediction, torch.full_like(prediction, target))
 
 
-class CycleGAN(L.LightningModule):
+class CycleGAN(SegmentationModule):
     def __init__(self, config: dict):
-        super().__init__()
-        self.save_hyperparameters()
-        self.cfg = OmegaConf.create(config)
+        super().__init__(config)
         c = self.cfg.cyclegan
         self.g_xy, self.g_yx = (UNetGenerator(base=c.base_channels, stages=c.stages) for _ in range(2))
         self.d_x, self.d_y = patch_discriminator(), patch_discriminator()
@@ -115,7 +111,7 @@ class CycleGAN(L.LightningModule):
         padded = F.pad(slices, (0, pad_w, 0, pad_h), value=-1.0)
         return self.g_xy(padded)[..., :h, :w]
 
-    def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> torch.Tensor:
+    def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> VolumePrediction:
         c = self.cfg.cyclegan
 
         def segment(slices: torch.Tensor, lung_slices: torch.Tensor) -> torch.Tensor:
@@ -123,11 +119,7 @@ class CycleGAN(L.LightningModule):
             return extract_lesions(infected, self.synthetic_healthy(infected), lung_slices, c.median_kernel,
                                    c.clustering, c.gaussian_size, c.gaussian_sigma)
 
-        return slice_by_slice(segment, image, lung.bool(), chunk=c.batch_size * 4)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        lesion = self.predict_volume(batch["image"], batch["lung"])
-        return {"record": volume_record(batch, lesion), "lesion": lesion}
+        return VolumePrediction(slice_by_slice(segment, image, lung.bool(), chunk=c.batch_size * 4))
 
     def configure_optimizers(self):
         c = self.cfg.cyclegan

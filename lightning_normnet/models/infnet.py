@@ -11,19 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from omegaconf import OmegaConf
 
-from ..inference import slice_by_slice
+from ..inference import VolumePrediction, slice_by_slice
 from ..io import InputError
 from ..losses import structure_loss
-from ..metrics import volume_record
 from ..networks.infnet import InfNet
 from ..networks.res2net import imagenet_normalise
+from ..scores import VolumeScore
 from ..slice_metrics import slice_metrics
+from .base import SegmentationModule
 
 
 def load_backbone_weights(backbone: torch.nn.Module, path: str | None) -> None:
@@ -47,14 +46,19 @@ def scaled_size(size: int, rate: float) -> int:
     return int(round(size * rate / 32) * 32)
 
 
-class InfNetModel(L.LightningModule):
+class InfNetModel(SegmentationModule):
     def __init__(self, config: dict):
-        super().__init__()
-        self.save_hyperparameters()
-        self.cfg = OmegaConf.create(config)
+        super().__init__(config)
         self.net = InfNet()
-        load_backbone_weights(self.net.backbone, self.cfg.infnet.pretrained)
         self.automatic_optimization = False
+
+    @classmethod
+    def for_training(cls, config: dict) -> "InfNetModel":
+        """A new model whose backbone starts from `infnet.pretrained` (ImageNet), when it is set. Loading a
+        checkpoint does not need that file."""
+        model = cls(config)
+        load_backbone_weights(model.net.backbone, model.cfg.infnet.pretrained)
+        return model
 
     def loss(self, image: torch.Tensor, mask: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
         c = self.cfg.infnet
@@ -87,7 +91,7 @@ class InfNetModel(L.LightningModule):
         side = self.net(image).side3
         return torch.sigmoid(F.interpolate(side, size=size, mode="bilinear", align_corners=False))
 
-    def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> torch.Tensor:
+    def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> VolumePrediction:
         """Lesion mask of a prepared volume (H in [0, 1]), slice by slice, kept inside the lung."""
         size = self.cfg.infnet.train_size
 
@@ -96,17 +100,16 @@ class InfNetModel(L.LightningModule):
             rgb = imagenet_normalise(resized.expand(-1, 3, -1, -1))
             return self.probability(rgb, slices.shape[-2:]) > self.cfg.infnet.threshold
 
-        return slice_by_slice(segment, image) & lung.bool()
+        return VolumePrediction(slice_by_slice(segment, image) & lung.bool())
 
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """A 3D labelled volume (NormNet's metrics) or a COVID-SemiSeg test slice (Inf-Net's)."""
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+        """A 3D labelled volume (predicted, scored by the evaluation callback) or a COVID-SemiSeg test slice
+        (scored here with Inf-Net's metrics, at the slice's own size)."""
         if "truth" not in batch:
-            lesion = self.predict_volume(batch["image"], batch["lung"])
-            return {"record": volume_record(batch, lesion), "lesion": lesion}
-        record = {"dataset": batch["dataset"][0], "name": batch["name"][0]}
+            return super().validation_step(batch, batch_idx)
         probability = self.probability(batch["image"], (int(batch["height"][0]), int(batch["width"][0])))
-        record.update(slice_metrics(probability[0, 0], batch["truth"][0, 0], self.cfg.infnet.threshold))
-        return {"record": record}
+        metrics = slice_metrics(probability[0, 0], batch["truth"][0, 0], self.cfg.infnet.threshold)
+        return VolumeScore(batch["dataset"][0], batch["name"][0], **metrics)
 
     def configure_optimizers(self):
         c = self.cfg.infnet

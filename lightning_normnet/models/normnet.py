@@ -6,21 +6,20 @@ summed; Adam is element-wise, so one Adam over all members equals one per
 member. With `model.activation_checkpointing` each member's forward is
 recomputed during the backward pass, so only one member's activations are held
 at a time (the whole ensemble in one DDP-compatible backward, at the cost of a
-second forward). Validation runs the ensemble on whole labelled volumes and returns a
-per-volume record for the evaluation callback.
+second forward). Checkpoints trained apart vote together: `NormNet(config, members)` is
+one ensemble of their members.
 """
 from __future__ import annotations
 
-import lightning as L
 import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..inference import EnsemblePrediction, predict_lesions
-from ..metrics import bright_voxel_metrics, volume_record
+from ..inference import VolumePrediction, predict_lesions
+from .base import SegmentationModule
 
 
 def build_unet(model: DictConfig) -> UNet:
@@ -29,16 +28,16 @@ def build_unet(model: DictConfig) -> UNet:
                 strides=tuple(model.strides), num_res_units=model.num_res_units, norm=model.norm)
 
 
-class NormNet(L.LightningModule):
-    def __init__(self, config: dict):
-        super().__init__()
-        self.save_hyperparameters()
-        self.cfg = OmegaConf.create(config)
-        members = []
-        for m in range(self.cfg.model.members):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.cfg.seed * 1000 + m)
-                members.append(build_unet(self.cfg.model))
+class NormNet(SegmentationModule):
+    def __init__(self, config: dict, members: list[nn.Module] | None = None):
+        """`model.members` U-Nets seeded by (seed, member); or the given members (an ensemble of checkpoints)."""
+        super().__init__(config)
+        if members is None:
+            members = []
+            for m in range(self.cfg.model.members):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.cfg.seed * 1000 + m)
+                    members.append(build_unet(self.cfg.model))
         self.members = nn.ModuleList(members)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=self.cfg.model.dice_weight,
                                lambda_ce=self.cfg.model.ce_weight)
@@ -58,15 +57,8 @@ class NormNet(L.LightningModule):
         self.log("train/loss", total / len(self.members), on_step=True, prog_bar=True)
         return total
 
-    def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> EnsemblePrediction:
+    def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> VolumePrediction:
         return predict_lesions(self.members, image, lung, self.cfg.inference, self.cfg.postprocessing)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        result = self.predict_volume(batch["image"], batch["lung"])
-        record = volume_record(batch, result.lesion)
-        record.update(bright_voxel_metrics(result.healthy, result.healthy_probability, batch["image"],
-                                           batch["lung"], batch["lesion"], self.cfg.target.tau))
-        return {"record": record, "lesion": result.lesion}
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.cfg.model.lr)

@@ -9,15 +9,14 @@ sliding windows of the patch size with half-patch overlap, averaged.
 """
 from __future__ import annotations
 
-import lightning as L
 import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import TverskyLoss
 from monai.networks.nets import UNet
-from omegaconf import OmegaConf
 from torch import nn
 
-from ..metrics import volume_record
+from ..inference import VolumePrediction
+from .base import SegmentationModule
 
 
 def z_score(image: torch.Tensor) -> torch.Tensor:
@@ -37,11 +36,9 @@ def tversky_cross_entropy(alpha: float = 0.5, beta: float = 0.5):
     return loss
 
 
-class SupervisedUNet(L.LightningModule):
+class SupervisedUNet(SegmentationModule):
     def __init__(self, config: dict):
-        super().__init__()
-        self.save_hyperparameters()
-        self.cfg = OmegaConf.create(config)
+        super().__init__(config)
         u = self.cfg.unet3d
         self.net = UNet(spatial_dims=3, in_channels=1, out_channels=u.classes, channels=tuple(u.channels),
                         strides=(2,) * (len(u.channels) - 1), num_res_units=0, norm="BATCH")
@@ -52,18 +49,13 @@ class SupervisedUNet(L.LightningModule):
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
-    def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
-        """Infection mask of a prepared (1, 1, D, H, W) volume: z-scored, sliding windows, argmax."""
+    def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> VolumePrediction:
+        """Infection mask of a prepared (1, 1, D, H, W) volume: z-scored, sliding windows, argmax (the whole
+        thorax is seen; the lung mask is not used)."""
         u = self.cfg.unet3d
         roi = tuple(reversed(u.patch))                      # (z, y, x) of the (x, y, z) patch
         logits = sliding_window_inference(z_score(image), roi, u.batch_size, self.net, overlap=0.5, mode="constant")
-        return logits.argmax(dim=1, keepdim=True) == u.classes - 1
-
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        lesion = self.predict_volume(batch["image"])
-        record = volume_record(batch, lesion)
-        self.log("val/dsc", record["dsc"], on_epoch=True, batch_size=1, sync_dist=True)
-        return {"record": record, "lesion": lesion}
+        return VolumePrediction(logits.argmax(dim=1, keepdim=True) == u.classes - 1)
 
     def configure_optimizers(self):
         u = self.cfg.unet3d

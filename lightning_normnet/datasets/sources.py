@@ -13,11 +13,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lightning_normnet.datasets import discover
-from lightning_normnet.datasets.cache import cache_folder, load_index, preparation_settings, prepare_cases
-from lightning_normnet.datasets.summary import format_summary, summary_row
-from lightning_normnet.phantom import VERSION as PHANTOM_VERSION
-from lightning_normnet.phantom import write_phantom_dataset, write_phantom_semiseg
+from ..phantom import VERSION as PHANTOM_VERSION
+from ..phantom import write_phantom_dataset, write_phantom_semiseg
+from . import discover
+from .cache import cache_folder, load_index, preparation_settings, prepare_cases
+from .summary import format_summary, summary_row
 
 PHANTOM_SEEDS = {"healthy": 1000, "train": 3000, "test": 5000, "slices": 7000}
 

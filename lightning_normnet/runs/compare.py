@@ -1,9 +1,10 @@
 """`normnet compare`: the Table III layout of the NormNet paper from the saved per-volume results of runs.
 
 A run folder (train or evaluate, of any method) holds evaluation.json, whose last validation lists
-every scored volume; a cross-validation folder (fold*/) pools its folds. Methods are grouped as
-label-free (NormNet, cycle-GAN) or (semi-)supervised (Inf-Net, Semi-Inf-Net, the 3D U-Net); per dataset
-the table gives DSC / PSC / SEN as mean +/- std over volumes (%), the best mean of each column in bold.
+every scored volume, each scored on its scan's own grid; a cross-validation folder (fold*/) pools its
+folds. Methods are grouped as label-free or (semi-)supervised, as their evaluation file says (the method
+registry decides it when the run is scored); per dataset the table gives DSC / PSC / SEN as mean +/- std
+over volumes (%), the best mean of each column in bold.
 Only the datasets every run was scored on are compared (others are named and left out); within them,
 runs scored on different volumes are refused: a comparison is only fair on the same volumes.
 """
@@ -11,48 +12,44 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
-from .io import InputError, write_atomically, write_text
+from ..io import InputError, write_atomically, write_text
+from ..scores import VolumeScore, read_evaluation
 
-LABEL_FREE = ("normnet", "cyclegan")
-GROUPS = {"label-free": LABEL_FREE, "(semi-)supervised": ("infnet", "semi_infnet", "unet3d")}
 COLUMNS = ("dsc", "psc", "sen")
+GROUPS = ("label-free", "(semi-)supervised")
 
 
 @dataclass
 class MethodResult:
     name: str
-    kind: str
-    records: list[dict]
+    label_free: bool
+    scores: list[VolumeScore]
 
     @property
     def group(self) -> str:
-        return "label-free" if self.kind in LABEL_FREE else "(semi-)supervised"
+        return GROUPS[0] if self.label_free else GROUPS[1]
 
     def volumes(self) -> set[tuple[str, str]]:
-        """(dataset, volume) pairs; the volume named by its source file where the run recorded it, so two
-        phantom sets of other settings (same case names) do not pass for the same volumes."""
-        return {(r["dataset"], r.get("source") or r["name"]) for r in self.records}
+        return {s.volume for s in self.scores}
 
 
 def load_run(path: str | Path) -> MethodResult:
+    """The last validation of a run folder, or of every fold of a cross-validation folder, pooled."""
     path = Path(path)
-    folds = sorted(path.glob("fold*/evaluation.json"))
-    files = folds or [path / "evaluation.json"]
-    if not files[0].is_file():
-        raise InputError(f"{path}: no evaluation.json (nor fold*/evaluation.json): not a finished run folder.")
-    config_file = next((p for p in (path / "config.yaml", files[0].parent / "config.yaml") if p.is_file()), None)
-    config = OmegaConf.load(config_file) if config_file else OmegaConf.create({})
-    records = [r for f in files for r in json.loads(f.read_text())[-1]["volumes"]]
-    name = str(config.get("name", path.name)) + (" (cv)" if folds else "")
-    return MethodResult(name, str(OmegaConf.select(config, "model.kind", default="normnet")), records)
+    folds = sorted(p.parent for p in path.glob("fold*/evaluation.json"))
+    evaluations = [read_evaluation(folder) for folder in folds or [path]]
+    for folder, evaluation in zip(folds or [path], evaluations):
+        if not evaluation.validations:
+            raise InputError(f"{folder / 'evaluation.json'}: holds no validation yet.")
+    first = evaluations[0]
+    return MethodResult(first.run + (" (cv)" if folds else ""), first.label_free,
+                        [s for e in evaluations for s in e.last.volumes])
 
 
 def shared_datasets(results: list[MethodResult]) -> tuple[list[str], list[str]]:
@@ -81,8 +78,8 @@ def check_same_volumes(results: list[MethodResult], datasets: list[str]) -> None
                              f"({len(missing)} only in {reference.name}, {len(extra)} only in {other.name}: {shown}).")
 
 
-def _stats(records: list[dict], dataset: str, key: str) -> tuple[float, float]:
-    values = np.array([r[key] for r in records if r["dataset"] == dataset and key in r], dtype=float)
+def _stats(scores: list[VolumeScore], dataset: str, key: str) -> tuple[float, float]:
+    values = np.array([s.metric(key) for s in scores if s.dataset == dataset], dtype=float)
     values = values[~np.isnan(values)]
     return (float(values.mean()), float(values.std())) if len(values) else (math.nan, math.nan)
 
@@ -90,8 +87,8 @@ def _stats(records: list[dict], dataset: str, key: str) -> tuple[float, float]:
 def comparison_rows(results: list[MethodResult]) -> tuple[list[str], list[tuple[str, str, dict]]]:
     """Shared datasets, and per method (group, name, {(dataset, key): (mean, std)}), label-free first."""
     datasets, _ = shared_datasets(results)
-    ordered = sorted(results, key=lambda r: (r.group != "label-free", r.name))
-    return datasets, [(r.group, r.name, {(d, k): _stats(r.records, d, k) for d in datasets for k in COLUMNS})
+    ordered = sorted(results, key=lambda r: (not r.label_free, r.name))
+    return datasets, [(r.group, r.name, {(d, k): _stats(r.scores, d, k) for d in datasets for k in COLUMNS})
                       for r in ordered]
 
 
@@ -123,10 +120,10 @@ def box_plot(results: list[MethodResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets, _ = comparison_rows(results)
-    results = sorted(results, key=lambda r: (r.group != "label-free", r.name))     # the table's order
+    results = sorted(results, key=lambda r: (not r.label_free, r.name))     # the table's order
     figure, axes = plt.subplots(1, len(datasets), figsize=(3 + 2 * len(results) * len(datasets), 4), squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
-        values = [[100 * r["dsc"] for r in m.records if r["dataset"] == dataset] for m in results]
+        values = [[100 * s.dsc for s in m.scores if s.dataset == dataset] for m in results]
         axis.boxplot(values)
         axis.set_xticks(range(1, len(results) + 1), [m.name for m in results], rotation=30, ha="right")
         axis.set_title(dataset)

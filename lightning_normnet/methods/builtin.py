@@ -1,0 +1,94 @@
+"""The built-in methods, each declared once: NormNet, the naive threshold, the cycle-GAN method, Inf-Net,
+Semi-Inf-Net and the supervised 3D U-Net."""
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import EarlyStopping
+from omegaconf import DictConfig
+
+from datamodules.covid_semiseg import SliceSegmentationDataModule
+from datamodules.evaluation import EvaluationDataModule
+from datamodules.healthy import HealthyCTDataModule
+from datamodules.labelled_patches import LabelledPatchDataModule
+from datamodules.unpaired_slices import UnpairedSliceDataModule
+
+from ..config import ConfigError
+from ..models.cyclegan import CycleGAN
+from ..models.infnet import InfNetModel
+from ..models.normnet import NormNet
+from ..models.threshold import ThresholdModel
+from ..models.unet3d import SupervisedUNet
+from . import Method, register
+from .fitting import as_dict, score_only, train_by_epochs, train_by_steps
+from .semi_infnet import fit_semi_infnet
+
+
+def _normnet_ensemble(models: list[NormNet]) -> NormNet:
+    """Checkpoints trained apart vote as one ensemble (the first one's settings)."""
+    return NormNet(models[0].hparams["config"], members=[m for model in models for m in model.members])
+
+
+register(Method(
+    name="normnet", label_free=True, module=NormNet, training_data=("healthy",), ensemble=_normnet_ensemble,
+    fit=lambda cfg, run: train_by_steps(run, NormNet(as_dict(cfg)), HealthyCTDataModule(cfg))))
+
+
+def _validate_threshold(cfg: DictConfig) -> None:
+    low, high = cfg.threshold.hu_band
+    w_low, w_high = cfg.preprocessing.window
+    if not w_low <= low < high <= w_high:
+        raise ConfigError(f"threshold.hu_band={[low, high]} must be [low, high] inside preprocessing.window "
+                          f"{[w_low, w_high]}.")
+
+
+register(Method(
+    name="threshold", label_free=True, module=ThresholdModel, config_groups=("threshold",),
+    validate=_validate_threshold,
+    fit=lambda cfg, run: score_only(run, ThresholdModel(as_dict(cfg)), EvaluationDataModule(cfg))))
+
+
+def _validate_cyclegan(cfg: DictConfig) -> None:
+    c = cfg.cyclegan
+    if c.clustering not in ("kmeans", "otsu"):
+        raise ConfigError(f"cyclegan.clustering={c.clustering!r} must be kmeans or otsu.")
+    if c.crop % 2 ** c.stages or c.crop > min(cfg.preprocessing.in_plane_size):
+        raise ConfigError(f"cyclegan.crop={c.crop} must be a multiple of 2^stages={2 ** c.stages} "
+                          f"within preprocessing.in_plane_size {list(cfg.preprocessing.in_plane_size)}.")
+
+
+register(Method(
+    name="cyclegan", label_free=True, module=CycleGAN, config_groups=("cyclegan",), training_data=("train",),
+    validate=_validate_cyclegan,
+    fit=lambda cfg, run: train_by_epochs(run, CycleGAN(as_dict(cfg)), UnpairedSliceDataModule(cfg),
+                                         cfg.cyclegan.epochs, cfg.cyclegan.val_every,
+                                         reload_dataloaders_every_n_epochs=1)))
+
+
+register(Method(
+    name="infnet", label_free=False, module=InfNetModel, config_groups=("infnet",),
+    evaluation_data=SliceSegmentationDataModule,
+    fit=lambda cfg, run: train_by_epochs(run, InfNetModel.for_training(as_dict(cfg)), SliceSegmentationDataModule(cfg),
+                                         cfg.infnet.epochs, cfg.infnet.val_every)))
+
+
+register(Method(
+    name="semi_infnet", label_free=False, module=InfNetModel, config_groups=("infnet", "semi"),
+    evaluation_data=SliceSegmentationDataModule, fit=fit_semi_infnet))
+
+
+def _validate_unet3d(cfg: DictConfig) -> None:
+    multiple = 2 ** (len(cfg.unet3d.channels) - 1)
+    if any(p % multiple for p in cfg.unet3d.patch):
+        raise ConfigError(f"unet3d.patch={list(cfg.unet3d.patch)} must be a multiple of {multiple} on every "
+                          f"axis ({len(cfg.unet3d.channels) - 1} downsamplings of unet3d.channels).")
+
+
+def _fit_unet3d(cfg: DictConfig, run) -> None:
+    u = cfg.unet3d
+    stopping = EarlyStopping(monitor="val/dsc", mode="max", patience=u.early_stopping_patience, strict=False)
+    train_by_epochs(run, SupervisedUNet(as_dict(cfg)), LabelledPatchDataModule(cfg), u.max_epochs, u.val_every,
+                    [stopping], reload_dataloaders_every_n_epochs=1)
+
+
+register(Method(
+    name="unet3d", label_free=False, module=SupervisedUNet, config_groups=("unet3d",), training_data=("train",),
+    validate=_validate_unet3d, fit=_fit_unet3d))

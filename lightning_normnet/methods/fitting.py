@@ -1,0 +1,52 @@
+"""The training schedules the built-in methods share, for a method's `fit` to call with its run.
+
+Each trains `model` on `datamodule` in the run folder, validates on data.test (scored by the run's
+evaluation callback) and ends with the run's checkpoints/last.ckpt.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from ..runs.run import Run
+
+
+def as_dict(cfg: DictConfig) -> dict:
+    """The config as a plain dict: what a SegmentationModule is built from and saves in its checkpoints."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def train_by_steps(run: Run, model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """trainer.max_steps steps; validation and a checkpoint every trainer.val_check_interval steps and at the
+    last step."""
+    t = run.cfg.trainer
+    interval = min(t.val_check_interval, t.max_steps)
+    checkpoints = ModelCheckpoint(dirpath=run.dir / "checkpoints", filename="step{step:06d}",
+                                  auto_insert_metric_name=False, save_last=True, every_n_train_steps=interval,
+                                  save_top_k=-1)
+    trainer = run.trainer([checkpoints], max_steps=t.max_steps, val_check_interval=interval,
+                          check_val_every_n_epoch=None)
+    trainer.fit(model, datamodule=datamodule)
+    if t.max_steps % interval:   # fit validated at multiples of the interval; add the last step
+        trainer.validate(model, datamodule=datamodule)
+    run.finish(trainer)
+
+
+def train_by_epochs(run: Run, model: L.LightningModule, datamodule: L.LightningDataModule, epochs: int,
+                    val_every: int, callbacks: list | None = None, **options) -> None:
+    """`epochs` epochs, validating every `val_every` (and after the last)."""
+    trainer = run.trainer(callbacks or [], max_epochs=epochs, check_val_every_n_epoch=max(1, min(val_every, epochs)),
+                          enable_checkpointing=False, **options)
+    trainer.fit(model, datamodule=datamodule)
+    run.finish(trainer)
+
+
+def score_only(run: Run, model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """For a method that learns nothing: one validation, and its checkpoint."""
+    trainer = run.trainer()
+    trainer.validate(model, datamodule=datamodule)
+    run.finish(trainer)

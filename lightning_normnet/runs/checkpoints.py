@@ -1,0 +1,61 @@
+"""Checkpoints back to models: any method's, with the config it was trained with (plus `key=value`
+overrides, e.g. inference settings). Several checkpoints of a method whose registry entry has an
+ensemble (NormNet) vote together; mixing methods, or checkpoints of different grids or windows, is
+refused in one sentence naming the two files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import ConfigError, config_from_checkpoint
+from ..io import InputError
+from ..methods import Method, method_of
+from ..models.base import SegmentationModule
+
+# What places a model's voxels: checkpoints that differ here predict on different grids or windows.
+GRID_KEYS = ("spacing", "orientation", "window", "in_plane_size", "mask_outside_lung")
+
+
+def saved_config(path: str | Path) -> DictConfig:
+    """The configuration a checkpoint was trained with, over today's defaults (memory-mapped: the weights
+    are not read)."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: checkpoint not found.")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["hyper_parameters"]["config"]
+    except (RuntimeError, KeyError, EOFError, OSError) as err:
+        raise InputError(f"{path}: not a lightning-normnet checkpoint ({type(err).__name__}).") from None
+    return config_from_checkpoint(saved)
+
+
+def _check_compatible(paths: list[str], configs: list[DictConfig]) -> None:
+    first, reference = paths[0], configs[0]
+    for path, cfg in zip(paths[1:], configs[1:]):
+        if cfg.model.kind != reference.model.kind:
+            raise ConfigError(f"{first} is a {reference.model.kind} checkpoint and {path} a {cfg.model.kind} one: "
+                              "only checkpoints of one method vote together.")
+        for key in GRID_KEYS:
+            a, b = (OmegaConf.to_container(c.preprocessing)[key] for c in (reference, cfg))
+            if a != b:
+                raise ConfigError(f"{first} and {path} were trained on different grids or windows "
+                                  f"(preprocessing.{key} {a} vs {b}): they cannot vote together.")
+
+
+def load_model(paths: list[str], overrides: list[str] | tuple[str, ...] = (),
+               device: torch.device | str = "cpu") -> tuple[SegmentationModule, Method]:
+    """The model of one checkpoint, or the ensemble of several, in eval mode on `device`, and its method."""
+    configs = [saved_config(path) for path in paths]
+    _check_compatible(paths, configs)
+    method = method_of(configs[0])
+    if len(paths) > 1 and method.ensemble is None:
+        raise ConfigError(f"{paths[0]} and {paths[1]} are {method.name} checkpoints, which do not vote: give one.")
+    models = []
+    for path, cfg in zip(paths, configs):
+        cfg = config_from_checkpoint(OmegaConf.to_container(cfg), overrides)
+        method_of(cfg)
+        models.append(method.module.load_from_checkpoint(path, map_location=device, weights_only=False,
+                                                         config=OmegaConf.to_container(cfg, resolve=True)))
+    model = method.ensemble(models) if len(models) > 1 else models[0]
+    return model.to(device).eval(), method

@@ -1,0 +1,71 @@
+"""`normnet cv`: k-fold cross-validation of a method that trains on the labelled volumes of data.train.
+
+Fold f (`cv.fold`, folds from `lightning_normnet.folds`) is a run folder `fold<f>/` of the cv folder,
+trained on the other folds and scored on its own volumes; a fold whose checkpoints/last.ckpt exists is
+not trained again, so `--run-dir` resumes. The summary gives the metrics per fold, mean and std over
+folds, and over all volumes pooled (cv_summary.md/json).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import ConfigError, apply_overrides
+from ..datasets.cache import load_index
+from ..datasets.sources import prepare_dataset
+from ..io import write_text
+from ..methods import REGISTRY, method_of
+from ..metrics import METRIC_KEYS
+from ..scores import VolumeScore, finite, format_table, read_evaluation, summarize
+from .run import Run, open_run_folder
+
+
+def cross_validate(cfg: DictConfig, chosen: str | None = None) -> Path:
+    method = method_of(cfg)
+    if not method.cross_validates:
+        able = ", ".join(sorted(m.name for m in REGISTRY.values() if m.cross_validates))
+        raise ConfigError(f"cv splits the labelled volumes of data.train, which {method.name} does not train on "
+                          f"(methods that do: {able}).")
+    volumes = sum(len(load_index(prepare_dataset(cfg, "train", name))["cases"]) for name in cfg.data.train)
+    if not 2 <= cfg.cv.folds <= volumes:
+        raise ConfigError(f"cv.folds={cfg.cv.folds} needs 2 <= folds <= the {volumes} volumes of data.train.")
+    cv_dir = open_run_folder(cfg, "cv", chosen)
+    for fold in range(cfg.cv.folds):
+        fold_dir = cv_dir / f"fold{fold}"
+        if (fold_dir / "checkpoints" / "last.ckpt").is_file():
+            continue
+        fold_cfg = apply_overrides(cfg, [f"cv.fold={fold}", "data.test=[]"])
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(fold_cfg, fold_dir / "config.yaml")
+        L.seed_everything(cfg.seed, workers=True)
+        method.fit(fold_cfg, Run(fold_cfg, method, fold_dir))
+    print(f"\n{cfg.cv.folds}-fold cross-validation ({cv_dir}):\n{summarize_folds(cv_dir, cfg.cv.folds)}")
+    return cv_dir
+
+
+def summarize_folds(cv_dir: Path, k: int) -> str:
+    """cv_summary.json/.md from each fold's last validation: per fold, mean +/- std over folds, pooled."""
+    per_fold = [read_evaluation(cv_dir / f"fold{fold}").last.volumes for fold in range(k)]
+    pooled = [score for volumes in per_fold for score in volumes]
+    fold_rows = {f"fold{f}": _pooled(volumes) for f, volumes in enumerate(per_fold)}
+    over_folds = {}
+    for key in METRIC_KEYS:
+        means = np.array([fold_rows[f"fold{f}"][key][0] for f in range(k)], dtype=float)
+        means = means[~np.isnan(means)]
+        over_folds[key] = (float(means.mean()), float(means.std()), len(means)) if len(means) else (np.nan, np.nan, 0)
+    table = {**fold_rows, "mean over folds": over_folds, "all volumes": _pooled(pooled)}
+    text = format_table(table)
+    folds = [[asdict(score) for score in volumes] for volumes in per_fold]
+    write_text(cv_dir / "cv_summary.json", json.dumps(finite({"folds": folds, "summary": table}), indent=1))
+    write_text(cv_dir / "cv_summary.md", text + "\n")
+    return text
+
+
+def _pooled(scores: list[VolumeScore]) -> dict:
+    """The summary of scores from several datasets taken as one."""
+    return summarize([replace(s, dataset="all") for s in scores])["all"]

@@ -1,0 +1,57 @@
+"""`normnet evaluate`: any method's checkpoints, or another tool's predicted masks, scored on the labelled
+sets of data.test, on each scan's own grid; the run folder joins `normnet compare`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+from omegaconf import DictConfig
+from rich.progress import track
+
+from ..datasets.cache import load_index, load_truth
+from ..datasets.sources import prepare_dataset
+from ..io import InputError, case_name, is_image_file, read_mask
+from ..metrics import segmentation_metrics
+from ..scores import Evaluation, VolumeScore
+from .checkpoints import load_model
+from .run import Run, open_run_folder
+
+
+def evaluate_checkpoints(checkpoints: list[str], overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    model, method = load_model(checkpoints, overrides)
+    run = Run(model.cfg, method, open_run_folder(model.cfg, "evaluate"))
+    trainer = run.trainer(training=False)
+    trainer.validate(model, datamodule=method.evaluation_data(model.cfg))
+    if trainer.is_global_zero:
+        print(f"metrics: {run.dir / 'evaluation.md'}")
+    return run.dir
+
+
+def _find_mask(masks: Path, dataset: str, case: str) -> Path:
+    for folder in (masks / dataset, masks):
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                if is_image_file(path) and case_name(path) == case:
+                    return path
+    raise InputError(f"{masks}: no predicted mask {dataset}/{case}.* (nor {case}.*); every scored volume needs one.")
+
+
+def evaluate_masks(cfg: DictConfig, masks: str | Path, method: str, label_free: bool) -> Path:
+    """Masks made elsewhere (nnU-Net, ...): DIR/<dataset>/<case>.* or DIR/<case>.*, each in its scan's
+    geometry, scored against the lesion mask on that same grid, as every method here is."""
+    masks, scores = Path(masks), []
+    for dataset in cfg.data.test:
+        prepared = prepare_dataset(cfg, "test", dataset)
+        for case in track(load_index(prepared)["cases"], description=f"score {dataset}"):
+            truth = load_truth(prepared / case["name"])
+            predicted = read_mask(_find_mask(masks, dataset, case["name"]), truth.grid, "predicted mask")
+            lesion = torch.from_numpy(sitk.GetArrayFromImage(predicted).astype(bool))
+            truth_lesion, lung = torch.from_numpy(truth.lesion), torch.from_numpy(truth.lung)
+            scores.append(VolumeScore(dataset, case["name"], case["source"],
+                                      **segmentation_metrics(lesion, truth_lesion, lung)))
+    run_dir = open_run_folder(cfg, "evaluate", name=method)
+    print(f"{Evaluation(method, method, label_free, []).append(0, scores, run_dir)}\n"
+          f"metrics: {run_dir / 'evaluation.md'}")
+    return run_dir
+

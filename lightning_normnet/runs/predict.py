@@ -1,0 +1,60 @@
+"""`normnet predict`: any method's checkpoint (or several NormNet checkpoints voting) on one scan, the
+lesion mask written in the scan's own geometry; with a report, its numbers (JSON) and a picture (PNG)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ..io import IMAGE_SUFFIXES, InputError, read_ct, read_mask, write_image, write_text
+from ..lungmask import lung_mask
+from ..inference import predict_scan
+from ..report import infection_report, report_figure
+from .checkpoints import load_model
+
+STEPS = 5
+
+
+def _check_output(path: Path) -> None:
+    if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES) or path.suffix.lower() in (".mhd", ".nhdr"):
+        raise InputError(f"{path}: write the mask as .nii.gz, .nii, .nrrd or .mha.")
+
+
+def predict(checkpoints: list[str], scan: str, output: str, report: str | None = None,
+            lung_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Predict, write the mask (and the report), return the report's numbers."""
+    output_path = Path(output)
+    _check_output(output_path)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        task = progress.add_task("loading the checkpoints", total=STEPS)
+
+        def step(description: str) -> None:
+            progress.update(task, advance=1, description=description)
+
+        model, method = load_model(checkpoints, overrides, device)
+        step(f"reading {scan}")
+        image = read_ct(scan)
+        step("lung mask")
+        supplied = read_mask(lung_file, image, "lung mask") if lung_file else None
+        lung = lung_mask(image, model.cfg.lung_mask, supplied, source=scan)
+        step(f"{method.name} on its grid ({' x '.join(f'{s:g}' for s in model.cfg.preprocessing.spacing)} mm)")
+        lesion = predict_scan(model, image, lung, device)
+        step(f"writing {output_path.name}")
+        write_image(lesion, output_path)
+        numbers = infection_report(scan, lesion, lung)
+        if report:
+            write_text(report, json.dumps({**numbers, "method": method.name, "checkpoints": checkpoints}, indent=1))
+            report_figure(image, lesion, lung, Path(report).with_suffix(".png"),
+                          f"{Path(scan).name}: {method.name}, {numbers['lesion_volume_ml']:.1f} mL lesion, "
+                          f"{numbers['percentage_of_infection']:.2f}% of the lung")
+        step("done")
+    print(f"lesion mask: {output_path} ({numbers['lesion_volume_ml']:.1f} mL lesion in "
+          f"{numbers['lung_volume_ml']:.1f} mL lung, {numbers['percentage_of_infection']:.2f}%)")
+    if report:
+        print(f"report: {report}, {Path(report).with_suffix('.png')}")
+    return numbers

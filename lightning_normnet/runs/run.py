@@ -1,0 +1,105 @@
+"""A run: its folder, its configuration, its method, and the Lightning Trainer every method shares
+(loggers, progress, devices, the evaluation of data.test, the datasets' summary).
+
+runs/<name>/<kind>-<time>/ holds config.yaml, the logs, evaluation files and checkpoints. All ranks of a
+run write into one folder: SLURM tasks share the job id; ranks that Lightning launches for DDP inherit
+the folder their parent chose through LAUNCH_VARIABLE, the one thing handed across that process boundary
+(as Lightning hands over LOCAL_RANK); within a process the folder is always passed as an argument.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks.dataset_summary import DatasetSummary
+from callbacks.volume_evaluation import VolumeEvaluation
+
+from ..methods import Method
+from ..scores import start_evaluation
+
+LAUNCH_VARIABLE = "NORMNET_RUN_DIR"
+
+
+def open_run_folder(cfg: DictConfig, kind: str, chosen: str | Path | None = None, name: str | None = None) -> Path:
+    """runs/<name>/<kind>-<time> (or `chosen`, to continue in a given folder), created, with config.yaml."""
+    inherited = os.environ.get(LAUNCH_VARIABLE) if os.environ.get("LOCAL_RANK", "0") != "0" else None
+    if inherited:
+        return Path(inherited)
+    if chosen:
+        run_dir = Path(chosen)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        stamp = os.environ.get("SLURM_JOB_ID") or time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(cfg.output_dir) / (name or cfg.name) / f"{kind}-{stamp}"
+        if "SLURM_JOB_ID" in os.environ:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        else:                                   # two runs started in the same second get -2, -3, ...
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            for n in range(2, 1000):
+                try:
+                    run_dir.mkdir()
+                    break
+                except FileExistsError:
+                    run_dir = run_dir.with_name(f"{kind}-{stamp}-{n}")
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    os.environ[LAUNCH_VARIABLE] = str(run_dir)      # read only by the ranks Lightning launches from here
+    return run_dir
+
+
+def use_offline_wandb_unless_keyed() -> None:
+    """Nothing reaches the network unless the user gave W&B a key (or chose a mode)."""
+    if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+        os.environ["WANDB_MODE"] = "offline"
+
+
+@dataclass
+class Run:
+    cfg: DictConfig
+    method: Method
+    dir: Path
+
+    def trainer(self, callbacks: list | None = None, evaluate: bool = True, training: bool = True,
+                **options) -> L.Trainer:
+        """The Trainer of this run. With `evaluate`: loggers (CSV, W&B), the scoring of data.test and the
+        datasets' summary (listing the training sets too when `training`); without: a quiet fit with no
+        validation (Semi-Inf-Net's rounds)."""
+        cfg, t = self.cfg, self.cfg.trainer
+        loggers, extra = False, list(callbacks or [])
+        if evaluate:
+            loggers = [CSVLogger(save_dir=str(self.dir), name="", version="")]
+            if cfg.logging.wandb:
+                use_offline_wandb_unless_keyed()
+                loggers.append(WandbLogger(project=cfg.logging.project, name=f"{cfg.name}-{self.dir.name}",
+                                           save_dir=str(self.dir), config=OmegaConf.to_container(cfg)))
+            evaluation = start_evaluation(self.dir, self.method.name, cfg.name, self.method.label_free)
+            extra += [DatasetSummary(self.dir, cfg, self._sources(training)),
+                      VolumeEvaluation(self.dir, evaluation, cfg.logging.overlays)]
+        else:
+            options.setdefault("limit_val_batches", 0)
+        settings = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+                        logger=loggers, callbacks=extra + [RichProgressBar()], log_every_n_steps=t.log_every_n_steps,
+                        num_sanity_val_steps=t.num_sanity_val_steps, default_root_dir=str(self.dir))
+        settings.update(options)
+        return L.Trainer(**settings)
+
+    def _sources(self, training: bool) -> list[tuple[str, str]]:
+        """The (role, dataset) pairs this run reads: the method's training sets, then data.test."""
+        roles = self.method.training_data if training else ()
+        sources = [("healthy", self.cfg.data.healthy)] if "healthy" in roles else []
+        sources += [("train", name) for name in self.cfg.data.train] if "train" in roles else []
+        return sources + [("test", name) for name in self.cfg.data.test]
+
+    def finish(self, trainer: L.Trainer) -> Path:
+        """checkpoints/last.ckpt: the final weights, whatever the interval."""
+        last = self.dir / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(last)
+        if trainer.is_global_zero:
+            print(f"run folder: {self.dir}\ncheckpoint: {last}")
+        return last

@@ -1,0 +1,46 @@
+"""`normnet train` and `normnet prepare`: an experiment's method fitted in a new (or given) run folder;
+the data an experiment reads, brought into the cache ahead of time."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+
+from ..config import ConfigError, load_config
+from ..datasets import discover
+from ..datasets.cache import prepare_cases
+from ..datasets.sources import prepare_dataset
+from ..methods import method_of
+from .run import Run, open_run_folder
+
+
+def train(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: str | None = None) -> Path:
+    cfg = load_config(experiment, overrides)
+    method = method_of(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    run = Run(cfg, method, open_run_folder(cfg, "train", chosen))
+    method.fit(cfg, run)
+    return run.dir
+
+
+def prepare_experiment(experiment: str, overrides: list[str] | tuple[str, ...] = ()) -> None:
+    """The sets the experiment's method trains on, and data.test."""
+    cfg = load_config(experiment, overrides)
+    roles = method_of(cfg).training_data
+    if "healthy" in roles:
+        print(f"healthy: {prepare_dataset(cfg, 'healthy', cfg.data.healthy)}")
+    for name in cfg.data.train if "train" in roles else ():
+        print(f"train {name}: {prepare_dataset(cfg, 'train', name)}")
+    for name in cfg.data.test:
+        print(f"test {name}: {prepare_dataset(cfg, 'test', name)}")
+
+
+def prepare_folder(scans: str, output: str | None, labelled: bool, experiment: str | None,
+                   overrides: list[str] | tuple[str, ...] = ()) -> None:
+    """Any folder of scans, prepared with an experiment's settings (normnet's by default)."""
+    if not output:
+        raise ConfigError("prepare --input needs --output <cache folder>.")
+    cfg = load_config(experiment or "normnet", overrides)
+    role = "test" if labelled else "healthy"
+    index = prepare_cases(discover("folder", scans, cfg.datasets.folder, role), output, cfg, training=not labelled)
+    print(f"{len(index['cases'])} volumes prepared in {output}, {len(index['skipped'])} skipped")

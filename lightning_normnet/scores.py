@@ -1,0 +1,177 @@
+"""What an evaluation records, written and read here only: one typed record per scored volume (or
+COVID-SemiSeg slice), and a run's evaluation files, versioned by SCHEMA.
+
+    evaluation.json  {"schema", "method", "run", "label_free", "validations": [{"step", "volumes", "summary"}]}
+    volumes.csv      one row per volume and validation: the VolumeScore fields
+    evaluation.md    the latest validation as a table (mean +/- std per dataset, in %)
+
+Every volume is scored on the scan's own grid: the prediction is brought back there
+(`preprocessing.to_original_grid`) and compared with the lesion mask as the dataset ships it, so
+methods working on different grids count the same voxels.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .datasets.cache import ScanTruth
+from .inference import VolumePrediction
+from .io import InputError, write_text
+from .metrics import METRIC_KEYS, SEGMENTATION_KEYS, bright_voxel_metrics, segmentation_metrics
+from .preprocessing import to_original_grid
+
+SCHEMA = 2
+EVALUATION = "evaluation.json"
+NAN = math.nan
+
+
+@dataclass(frozen=True)
+class VolumeScore:
+    """One scored volume (or slice). A metric that was not computed, or whose denominator is empty (PSC
+    of an empty prediction), is NaN and is left out of the means."""
+    dataset: str
+    name: str
+    source: str = ""
+    dsc: float = NAN
+    psc: float = NAN
+    sen: float = NAN
+    spec: float = NAN
+    bright_precision: float = NAN
+    bright_sensitivity: float = NAN
+    bright_specificity: float = NAN
+    bright_auc: float = NAN
+    s_alpha: float = NAN
+    e_phi_mean: float = NAN
+    mae: float = NAN
+
+    @property
+    def volume(self) -> tuple[str, str]:
+        """(dataset, volume), the volume named by its source file where known: two phantom sets of other
+        settings (same case names) do not pass for the same volumes."""
+        return self.dataset, self.source or self.name
+
+    def metric(self, key: str) -> float:
+        return getattr(self, key)
+
+
+def score_prediction(prediction: VolumePrediction, truth: ScanTruth, dataset: str, name: str, source: str,
+                     tau: float) -> tuple[VolumeScore, np.ndarray]:
+    """The prediction brought back onto the scan's own grid and scored there against the lesion mask:
+    Table III (and specificity inside the lung M'); with a healthy vote, Table II on the bright lung voxels
+    (H' >= tau). Returns the score and the lesion mask on the scan's grid."""
+    def back(volume: torch.Tensor, linear: bool = False) -> torch.Tensor:
+        array = volume[0, 0].detach().float().cpu().numpy() if linear else volume[0, 0].detach().cpu().numpy()
+        return torch.from_numpy(to_original_grid(array, truth.model_grid, truth.grid, linear))
+
+    lesion = back(prediction.lesion)
+    truth_lesion, lung, image = (torch.from_numpy(a) for a in (truth.lesion, truth.lung, truth.image))
+    metrics = segmentation_metrics(lesion, truth_lesion, lung)
+    if prediction.healthy is not None:
+        metrics.update(bright_voxel_metrics(back(prediction.healthy), back(prediction.healthy_probability, True),
+                                            image, lung, truth_lesion, tau))
+    return VolumeScore(dataset, name, source, **metrics), lesion.numpy()
+
+
+def summarize(scores: list[VolumeScore]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per dataset and metric: (mean, std, n) over the volumes where the metric is defined."""
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for dataset in sorted({s.dataset for s in scores}):
+        out[dataset] = {}
+        for key in METRIC_KEYS:
+            values = np.array([s.metric(key) for s in scores if s.dataset == dataset], dtype=float)
+            values = values[~np.isnan(values)]
+            out[dataset][key] = ((float(values.mean()), float(values.std()), len(values)) if len(values)
+                                 else (NAN, NAN, 0))
+    return out
+
+
+def format_table(summary: dict) -> str:
+    """Markdown table: one row per dataset, mean +/- std in percent (MAE as a fraction), as Tables II and III;
+    the columns are the metrics some dataset has."""
+    keys = [k for k in METRIC_KEYS if k in SEGMENTATION_KEYS or any(m[k][2] for m in summary.values())]
+    lines = ["| dataset | " + " | ".join(k.upper() if k in SEGMENTATION_KEYS else k for k in keys) + " |",
+             "|---" * (len(keys) + 1) + "|"]
+    for dataset, metrics in summary.items():
+        cells = [("n/a" if not n else f"{m:.3f} ± {s:.3f}" if k == "mae" else f"{100 * m:.1f} ± {100 * s:.1f}")
+                 for k, (m, s, n) in ((k, metrics[k]) for k in keys)]
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Validation:
+    step: int
+    volumes: list[VolumeScore]
+
+
+@dataclass
+class Evaluation:
+    """A run's evaluation file: who was scored (the method, the run's name, whether it is label-free) and
+    every validation of the run, in order."""
+    method: str
+    run: str
+    label_free: bool
+    validations: list[Validation]
+
+    @property
+    def last(self) -> Validation:
+        return self.validations[-1]
+
+    def append(self, step: int, scores: list[VolumeScore], folder: Path) -> str:
+        """Add a validation and rewrite the files (each written whole, atomically); returns its table."""
+        self.validations.append(Validation(step, scores))
+        table = format_table(summarize(scores))
+        saved = {"schema": SCHEMA, "method": self.method, "run": self.run, "label_free": self.label_free,
+                 "validations": [{"step": v.step, "volumes": [finite(asdict(s)) for s in v.volumes],
+                                  "summary": finite(summarize(v.volumes))} for v in self.validations]}
+        write_text(folder / EVALUATION, json.dumps(saved, indent=1))
+        write_text(folder / "evaluation.md", table + "\n")
+        columns = ["step"] + [f.name for f in fields(VolumeScore)]
+        rows = io.StringIO()
+        writer = csv.DictWriter(rows, fieldnames=columns)
+        writer.writeheader()
+        for validation in self.validations:
+            for score in validation.volumes:
+                writer.writerow(finite({"step": validation.step, **asdict(score)}))
+        write_text(folder / "volumes.csv", rows.getvalue())
+        return table
+
+
+def start_evaluation(folder: Path, method: str, run: str, label_free: bool) -> Evaluation:
+    """The run folder's evaluation, continued where a resumed run left it, or a new one."""
+    if (folder / EVALUATION).is_file():
+        saved = read_evaluation(folder)
+        return Evaluation(method, run, label_free, saved.validations)
+    return Evaluation(method, run, label_free, [])
+
+
+def read_evaluation(folder: str | Path) -> Evaluation:
+    path = Path(folder) / EVALUATION
+    if not path.is_file():
+        raise InputError(f"{path}: missing: not a scored run folder.")
+    saved = json.loads(path.read_text())
+    if not isinstance(saved, dict) or saved.get("schema") != SCHEMA:
+        found = saved.get("schema", 1) if isinstance(saved, dict) else 1
+        raise InputError(f"{path}: evaluation schema {found}, this version reads {SCHEMA}; score the run again "
+                         "with `normnet evaluate`.")
+    validations = [Validation(v["step"], [VolumeScore(**{k: NAN if x is None else x for k, x in s.items()})
+                                          for s in v["volumes"]]) for v in saved["validations"]]
+    return Evaluation(saved["method"], saved["run"], saved["label_free"], validations)
+
+
+def finite(value):
+    """JSON has no NaN: undefined metrics are written as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
