@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError
 from .io import InputError
 
 
@@ -29,7 +29,7 @@ def train(args) -> None:
 def cv(args) -> None:
     from .runs.cross_validation import cross_validate
 
-    cross_validate(load_config(args.experiment, args.overrides), args.run_dir)
+    cross_validate(args.experiment, args.overrides, args.run_dir)
 
 
 def compare(args) -> None:
@@ -58,13 +58,10 @@ def predict(args) -> None:
 
 
 def evaluate(args) -> None:
-    from .methods import method_of
     from .runs.evaluate import evaluate_checkpoints, evaluate_masks
 
     if args.masks:
-        cfg = load_config(args.experiment or "normnet", args.overrides)
-        method_of(cfg)
-        evaluate_masks(cfg, args.masks, args.method, args.label_free)
+        evaluate_masks(args.masks, args.method, args.label_free, args.experiment, args.overrides)
     elif args.checkpoint:
         evaluate_checkpoints(args.checkpoint, args.overrides)
     else:

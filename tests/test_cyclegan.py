@@ -1,13 +1,10 @@
 """The cycle-GAN method: network shapes, its losses and schedule against hand-computed cases, the image
-pool, the post-processing on synthetic difference images, and a tiny train + evaluate on CPU."""
-import json
-
+pool and the post-processing on synthetic difference images (a tiny train + evaluate is in test_methods)."""
 import numpy as np
 import pytest
 import torch
 
 from benchmarks.reference import extract_lesions_reference
-from lightning_normnet.cli import main
 from lightning_normnet.config import load_config
 from lightning_normnet.difference_postprocessing import extract_lesions, fill_holes, kmeans_threshold, otsu_threshold
 from lightning_normnet.models.cyclegan import CycleGAN, ImagePool, linear_decay
@@ -110,14 +107,3 @@ def test_postprocessing_equals_the_plain_scipy_reference():
         batched = extract_lesions(*(torch.from_numpy(a)[:, None] for a in (infected, healthy, lung)),
                                   clustering=clustering)[:, 0].numpy()
         assert reference.sum() > 500 and np.array_equal(batched, reference)
-
-
-def test_cyclegan_trains_and_evaluates(tmp_path, tiny_overrides):
-    small = ["data.phantom.train_volumes=2", "cyclegan.stages=4", "cyclegan.base_channels=4", "cyclegan.crop=32",
-             "cyclegan.epochs=1", "cyclegan.decay_epochs=1", "cyclegan.min_lesion_pixels=5",
-             "cyclegan.min_lung_pixels=50"]
-    assert main(["train", "cyclegan", *tiny_overrides, *small]) == 0
-    run = next((tmp_path / "runs" / "cyclegan").glob("train-*"))
-    assert json.loads((run / "evaluation.json").read_text())["validations"][-1]["summary"]["phantom"]["dsc"][2] == 2
-    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), *tiny_overrides[-2:],
-                 "logging.wandb=false"]) == 0

@@ -1,13 +1,10 @@
 """Inf-Net: its loss against hand-computed cases, its 2D metrics, the network's shapes, Algorithm 1's
-bookkeeping, and a tiny train + evaluate through the command line (Inf-Net and Semi-Inf-Net)."""
-import json
+bookkeeping (a tiny train, evaluate and Semi-Inf-Net's rounds are in test_methods)."""
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from lightning_normnet.cli import main
 from lightning_normnet.losses import boundary_weights, structure_loss, weighted_bce
 from lightning_normnet.models.infnet import load_backbone_weights
 from lightning_normnet.networks.infnet import InfNet
@@ -90,34 +87,3 @@ def test_pseudo_label_rounds_and_resume(tmp_path):
         uninterrupted.add(drawn, tmp_path / "other.json")
         pool = PseudoLabelPool.load_or_start(state, slices, seed=3)     # as after a restart
     assert sizes == [5, 5, 2] and sorted(pool.labelled) == slices and pool.round == 3
-
-
-TINY_SLICES = ["infnet.train_size=64", "infnet.scales=[0.75,1.0]", "infnet.batch_size=4", "infnet.val_every=1",
-               "infnet.epochs=1"]
-
-
-def test_infnet_trains_and_evaluates(tmp_path, tiny_overrides):
-    assert main(["train", "infnet", *tiny_overrides, *TINY_SLICES]) == 0
-    run = next((tmp_path / "runs" / "infnet").glob("train-*"))
-    summary = json.loads((run / "evaluation.json").read_text())["validations"][-1]["summary"]
-    assert set(summary) == {"covid-semiseg", "phantom"}
-    assert summary["covid-semiseg"]["s_alpha"][2] > 0 and summary["phantom"]["dsc"][2] == 2
-    checkpoint = run / "checkpoints" / "last.ckpt"
-    assert main(["evaluate", "--checkpoint", str(checkpoint), *tiny_overrides[-2:], "logging.wandb=false"]) == 0
-    evaluation = next((tmp_path / "runs" / "infnet").glob("evaluate-*"))
-    scored = json.loads((evaluation / "evaluation.json").read_text())["validations"][-1]["summary"]
-    assert scored["phantom"]["dsc"][2] == 2 and scored["covid-semiseg"]["dsc"][2] > 0
-
-
-def test_semi_infnet_runs_its_rounds_and_resumes(tmp_path, tiny_overrides):
-    semi = ["semi.max_unlabelled=7", "semi.k=5", "semi.pretrain_epochs=1", "semi.finetune_epochs=1",
-            "semi.pretrain_batch_size=4"]
-    run = tmp_path / "semi-run"
-    assert main(["train", "--run-dir", str(run), "semi_infnet", *tiny_overrides, *TINY_SLICES, *semi]) == 0
-    pool = json.loads((run / "semi" / "pool.json").read_text())
-    assert pool["round"] == 2 and len(pool["labelled"]) == 7 and not pool["remaining"]
-    assert len(list((run / "semi" / "pseudo-labels").glob("*.png"))) == 7
-    assert (run / "checkpoints" / "last.ckpt").is_file()
-    before = Path(run / "semi" / "round.ckpt").stat().st_mtime_ns
-    assert main(["train", "--run-dir", str(run), "semi_infnet", *tiny_overrides, *TINY_SLICES, *semi]) == 0
-    assert Path(run / "semi" / "round.ckpt").stat().st_mtime_ns == before    # no round redone

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from ..config import ConfigError, apply_overrides
+from ..config import ConfigError, apply_overrides, load_config
 from ..datasets.cache import load_index
 from ..datasets.sources import prepare_dataset
 from ..io import write_text
@@ -25,7 +25,8 @@ from ..scores import VolumeScore, finite, format_table, read_evaluation, summari
 from .run import Run, open_run_folder
 
 
-def cross_validate(cfg: DictConfig, chosen: str | None = None) -> Path:
+def cross_validate(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: str | None = None) -> Path:
+    cfg = load_config(experiment, overrides)
     method = method_of(cfg)
     if not method.cross_validates:
         able = ", ".join(sorted(m.name for m in REGISTRY.values() if m.cross_validates))

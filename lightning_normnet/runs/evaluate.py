@@ -6,12 +6,13 @@ from pathlib import Path
 
 import SimpleITK as sitk
 import torch
-from omegaconf import DictConfig
 from rich.progress import track
 
+from ..config import load_config
 from ..datasets.cache import load_index, load_truth
 from ..datasets.sources import prepare_dataset
 from ..io import InputError, case_name, is_image_file, read_mask
+from ..methods import method_of
 from ..metrics import segmentation_metrics
 from ..scores import Evaluation, VolumeScore
 from .checkpoints import load_model
@@ -37,9 +38,13 @@ def _find_mask(masks: Path, dataset: str, case: str) -> Path:
     raise InputError(f"{masks}: no predicted mask {dataset}/{case}.* (nor {case}.*); every scored volume needs one.")
 
 
-def evaluate_masks(cfg: DictConfig, masks: str | Path, method: str, label_free: bool) -> Path:
+def evaluate_masks(masks: str | Path, method: str, label_free: bool, experiment: str | None = None,
+                   overrides: list[str] | tuple[str, ...] = ()) -> Path:
     """Masks made elsewhere (nnU-Net, ...): DIR/<dataset>/<case>.* or DIR/<case>.*, each in its scan's
-    geometry, scored against the lesion mask on that same grid, as every method here is."""
+    geometry, scored against the lesion mask on that same grid, as every method here is. The data.test
+    sets and their reading are the experiment's (normnet's by default)."""
+    cfg = load_config(experiment or "normnet", overrides)
+    method_of(cfg)
     masks, scores = Path(masks), []
     for dataset in cfg.data.test:
         prepared = prepare_dataset(cfg, "test", dataset)
