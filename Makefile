@@ -26,13 +26,13 @@ prepare: $(STAMP)        ## make prepare EXP=normnet: build the data cache only
 evaluate: $(STAMP)       ## make evaluate CKPT="a.ckpt b.ckpt" ARGS="data.test=[folder] data.test_root=/data/covid"
 	$(BIN)/normnet evaluate --checkpoint $(CKPT) $(ARGS)
 
-predict: $(STAMP)        ## make predict CKPT=last.ckpt INPUT=scan/ OUTPUT=mask.nii.gz REPORT=report.json
+predict: $(STAMP)        ## make predict CKPT=last.ckpt INPUT=scan/ OUTPUT=mask.nrrd REPORT=report.json (and report.png)
 	$(BIN)/normnet predict --checkpoint $(CKPT) --input $(INPUT) --output $(OUTPUT) $(if $(REPORT),--report $(REPORT))
 
-cv: $(STAMP)             ## make cv EXP=unet3d ARGS="unet3d.folds=5": k-fold cross-validation, one run per fold
+cv: $(STAMP)             ## make cv EXP=unet3d ARGS="cv.folds=5": k-fold cross-validation over data.train, one run per fold
 	$(BIN)/normnet cv $(EXP) $(ARGS)
 
-compare: $(STAMP)        ## make compare RUNS="runs/normnet/train-... runs/unet3d/evaluate-...": Table III, CSV, PNG
+compare: $(STAMP)        ## make compare RUNS="runs/normnet/train-... runs/threshold/train-...": Table III, CSV, PNG
 	$(BIN)/normnet compare $(RUNS) $(if $(OUTPUT),--output $(OUTPUT))
 
 test: $(STAMP)           ## fast CPU tests
