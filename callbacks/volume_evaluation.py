@@ -37,34 +37,35 @@ def gather_scores(scores: list[VolumeScore]) -> list[VolumeScore]:
 class VolumeEvaluation(L.Callback):
     def __init__(self, run_dir: str | Path, evaluation: Evaluation, overlays: int = 4):
         self.run_dir, self.evaluation, self.overlays = Path(run_dir), evaluation, overlays
-        self.scores: list[VolumeScore] = []
+        self.scores: list[VolumeScore] = []      # volumes scored here, on their scans' grids
+        self.given: list[VolumeScore] = []       # scores a module made itself (Inf-Net's 2D test slices)
         self.pictures: list[tuple[str, np.ndarray]] = []
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self.scores, self.pictures = [], []
+        self.scores, self.given, self.pictures = [], [], []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if isinstance(outputs, VolumeScore):
-            self.scores.append(outputs)
+            self.given.append(outputs)
             return
         if not isinstance(outputs, VolumePrediction):
             raise TypeError(f"{type(pl_module).__name__}.validation_step must return a VolumePrediction "
                             f"(or a VolumeScore), not {type(outputs).__name__}.")
         truth = load_truth(batch["case"][0])
-        score, lesion = score_prediction(outputs, truth, batch["dataset"][0], batch["name"][0], batch["source"][0],
-                                         pl_module.cfg.target.tau)
+        score, lesion = score_prediction(outputs, batch["lung"], truth, batch["dataset"][0], batch["name"][0],
+                                         batch["source"][0], pl_module.cfg.target.tau)
         self.scores.append(score)
         if len(self.pictures) < self.overlays and trainer.is_global_zero:
             self.pictures.append((f"{score.dataset}/{score.name}", overlay_slice(truth.image, lesion, truth.lesion)))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        scores = gather_scores(self.scores)
+        volumes = gather_scores(self.scores)
+        scores = volumes + gather_scores(self.given)
         summary = summarize(scores)
         flat = {f"val/{dataset}/{key}{suffix}": value for dataset, metrics in summary.items()
                 for key, (mean, std, n) in metrics.items() if n for suffix, value in (("", mean), ("_std", std))}
-        pooled = [s.dsc for s in scores if s.dataset != "covid-semiseg" and not np.isnan(s.dsc)]
-        if pooled:
-            flat["val/dsc"] = float(np.mean(pooled))     # every scored volume: what schedules monitor
+        if volumes:   # the mean DSC over every scored volume: what schedules monitor
+            flat["val/dsc"] = float(np.mean([s.dsc for s in volumes]))
         if flat:
             pl_module.log_dict(flat, sync_dist=False, rank_zero_only=True)
         if not trainer.is_global_zero:

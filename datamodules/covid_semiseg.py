@@ -138,12 +138,12 @@ class SliceSegmentationDataModule(EvaluationDataModule):
         """The labelled 3D sets only when this fit validates (not in every Semi-Inf-Net round)."""
         if self.evaluate:
             super().prepare_data()
-        prepare_semiseg(self.cfg)
+        prepare_semiseg(self.cfg, self.cfg.infnet.data_root)
 
     def setup(self, stage: str) -> None:
         if self.evaluate:
             super().setup(stage)
-        self.folders = SemiSegFolders.find(semiseg_dir(self.cfg))
+        self.folders = SemiSegFolders.find(semiseg_dir(self.cfg, self.cfg.infnet.data_root))
         size = self.cfg.infnet.train_size
         items = TrainingSlices.labelled(self.folders.labelled, size).items if self.labelled else []
         self.train_set = TrainingSlices(items + self.extra_training, size)

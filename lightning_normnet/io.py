@@ -231,8 +231,8 @@ def read_slice_labels(path: str | Path, reference: sitk.Image) -> sitk.Image:
                 raise InputError(f"{path}: line {line}: z_index {z} outside 0..{depth - 1} or label {value} not 0/1.")
             infected[z] = bool(value)
     size = reference.GetSize()
-    return image_like(np.broadcast_to(infected[:, None, None], (depth, size[1], size[0])).astype(np.uint8),
-                      reference)
+    return Grid.of(reference).image(np.broadcast_to(infected[:, None, None], (depth, size[1], size[0]))
+                                    .astype(np.uint8))
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -266,10 +266,3 @@ def save_array(array: np.ndarray, path: Path) -> None:
 
 def write_text(path: str | Path, text: str) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text))
-
-
-def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    """A SimpleITK image of `array` (z, y, x) with the reference's geometry."""
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(reference)
-    return image

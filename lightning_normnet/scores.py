@@ -61,11 +61,12 @@ class VolumeScore:
         return getattr(self, key)
 
 
-def score_prediction(prediction: VolumePrediction, truth: ScanTruth, dataset: str, name: str, source: str,
-                     tau: float) -> tuple[VolumeScore, np.ndarray]:
+def score_prediction(prediction: VolumePrediction, lung_on_grid: torch.Tensor, truth: ScanTruth, dataset: str,
+                     name: str, source: str, tau: float) -> tuple[VolumeScore, np.ndarray]:
     """The prediction brought back onto the scan's own grid and scored there against the lesion mask:
     Table III (and specificity inside the lung M'); with a healthy vote, Table II on the bright lung voxels
-    (H' >= tau). Returns the score and the lesion mask on the scan's grid."""
+    (H' >= tau) that the vote covers (M' where the model grid's lung mask M reaches). Returns the score and
+    the lesion mask on the scan's grid."""
     def back(volume: torch.Tensor, linear: bool = False) -> torch.Tensor:
         array = volume[0, 0].detach().float().cpu().numpy() if linear else volume[0, 0].detach().cpu().numpy()
         return torch.from_numpy(to_original_grid(array, truth.model_grid, truth.grid, linear))
@@ -74,8 +75,9 @@ def score_prediction(prediction: VolumePrediction, truth: ScanTruth, dataset: st
     truth_lesion, lung, image = (torch.from_numpy(a) for a in (truth.lesion, truth.lung, truth.image))
     metrics = segmentation_metrics(lesion, truth_lesion, lung)
     if prediction.healthy is not None:
+        voted = lung & back(lung_on_grid)
         metrics.update(bright_voxel_metrics(back(prediction.healthy), back(prediction.healthy_probability, True),
-                                            image, lung, truth_lesion, tau))
+                                            image, voted, truth_lesion, tau))
     return VolumeScore(dataset, name, source, **metrics), lesion.numpy()
 
 
@@ -122,6 +124,8 @@ class Evaluation:
 
     @property
     def last(self) -> Validation:
+        if not self.validations:
+            raise InputError(f"run {self.run} ({self.method}) has no validation recorded yet.")
         return self.validations[-1]
 
     def append(self, step: int, scores: list[VolumeScore], folder: Path) -> str:
@@ -129,7 +133,7 @@ class Evaluation:
         self.validations.append(Validation(step, scores))
         table = format_table(summarize(scores))
         saved = {"schema": SCHEMA, "method": self.method, "run": self.run, "label_free": self.label_free,
-                 "validations": [{"step": v.step, "volumes": [finite(asdict(s)) for s in v.volumes],
+                 "validations": [{"step": v.step, "volumes": as_rows(v.volumes),
                                   "summary": finite(summarize(v.volumes))} for v in self.validations]}
         write_text(folder / EVALUATION, json.dumps(saved, indent=1))
         write_text(folder / "evaluation.md", table + "\n")
@@ -144,12 +148,9 @@ class Evaluation:
         return table
 
 
-def start_evaluation(folder: Path, method: str, run: str, label_free: bool) -> Evaluation:
-    """The run folder's evaluation, continued where a resumed run left it, or a new one."""
-    if (folder / EVALUATION).is_file():
-        saved = read_evaluation(folder)
-        return Evaluation(method, run, label_free, saved.validations)
-    return Evaluation(method, run, label_free, [])
+def as_rows(scores: list[VolumeScore]) -> list[dict]:
+    """Scores as JSON rows, undefined metrics as null."""
+    return [finite(asdict(s)) for s in scores]
 
 
 def read_evaluation(folder: str | Path) -> Evaluation:

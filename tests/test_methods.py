@@ -20,6 +20,7 @@ from lightning_normnet.lungmask import lung_mask
 from lightning_normnet.methods import REGISTRY, Method, register
 from lightning_normnet.methods.fitting import as_dict, score_only
 from lightning_normnet.models.base import SegmentationModule
+from lightning_normnet.runs.checkpoints import load_model
 from lightning_normnet.scores import read_evaluation
 
 from .conftest import TINY, shared_data
@@ -114,14 +115,23 @@ def test_compare_puts_all_six_methods_in_one_table(tiny_runs, tmp_path, capsys):
     assert (tmp_path / "table" / "compare.png").stat().st_size > 1000
 
 
-def test_normnet_checkpoints_vote_and_mixed_ones_are_refused(tiny_runs, tmp_path, capsys):
+def test_normnet_checkpoints_vote_and_mixed_ones_are_refused(tiny_runs, shared, tmp_path, capsys):
+    """Two NormNet runs of other seeds vote as one ensemble of their four members (predict and evaluate);
+    other methods, other grids, and other methods' several checkpoints are refused, naming the files."""
     normnet, unet = (str(tiny_runs[e] / "checkpoints" / "last.ckpt") for e in ("normnet_quick", "unet3d"))
+    assert main(["train", "normnet_quick", *shared, "seed=1", f"output_dir={tmp_path / 'seed1'}"]) == 0
+    other_seed = str(next((tmp_path / "seed1" / "normnet_quick").glob("train-*")) / "checkpoints" / "last.ckpt")
+    ensemble, _ = load_model([normnet, other_seed])
+    members = [m for path in (normnet, other_seed) for m in load_model([path])[0].members]
+    assert len(ensemble.members) == 4 and not torch.equal(members[0].model[0].conv.weight,
+                                                          members[2].model[0].conv.weight)
+    for voting, alone in zip(ensemble.members, members):
+        assert all(torch.equal(a, b) for a, b in zip(voting.state_dict().values(), alone.state_dict().values()))
     scan = next(Path(tiny_runs["threshold"].parents[2] / "cache").glob("phantom/*/test/images/covid_000.nii.gz"))
     out = tmp_path / "mask.nii.gz"
-    assert main(["predict", "--checkpoint", normnet, normnet, "--input", str(scan), "--output", str(out)]) == 0
-    single = tmp_path / "single.nii.gz"
-    assert main(["predict", "--checkpoint", normnet, "--input", str(scan), "--output", str(single)]) == 0
-    assert np.array_equal(sitk.GetArrayFromImage(read_image(out)), sitk.GetArrayFromImage(read_image(single)))
+    assert main(["predict", "--checkpoint", normnet, other_seed, "--input", str(scan), "--output", str(out)]) == 0
+    assert read_image(out).GetSize() == read_image(scan).GetSize()
+    assert main(["evaluate", "--checkpoint", normnet, other_seed, *shared[-2:]]) == 0
 
     checkpoint = torch.load(normnet, map_location="cpu", weights_only=False)
     checkpoint["hyper_parameters"]["config"]["preprocessing"]["spacing"] = [2.0, 2.0, 3.0]
@@ -172,8 +182,8 @@ class LungBand(SegmentationModule):
 
 
 def test_a_method_registered_here_runs_everywhere(tiny_runs, shared, tmp_path, capsys):
-    register(Method(name="toy", label_free=True, module=LungBand, config_groups=("toy",),
-                    fit=lambda cfg, run: score_only(run, LungBand(as_dict(cfg)), EvaluationDataModule(cfg))))
+    register(Method(name="toy", label_free=True, module=LungBand, datamodule=EvaluationDataModule,
+                    config_groups=("toy",), fit=lambda cfg, run: score_only(run, LungBand(as_dict(cfg)))))
     experiment = tmp_path / "toy.yaml"
     experiment.write_text("base: normnet\nname: toy\nmodel:\n  kind: toy\ntoy:\n  level: 0.3\n")
     try:

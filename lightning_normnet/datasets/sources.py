@@ -32,21 +32,21 @@ def _phantom_tag(cfg: DictConfig, count: int) -> str:
     return f"v{PHANTOM_VERSION}-{'x'.join(str(s) for s in ph.size)}-{'x'.join(f'{s:g}' for s in ph.spacing)}-n{count}"
 
 
-def semiseg_dir(cfg: DictConfig) -> Path:
-    """COVID-SemiSeg's folder: infnet.data_root, or the phantom's slices in that layout."""
-    if cfg.infnet.data_root:
-        return Path(cfg.infnet.data_root)
+def semiseg_dir(cfg: DictConfig, root: str | None) -> Path:
+    """COVID-SemiSeg's folder: `root` (the user's copy), or else the phantom's slices in that layout."""
+    if root:
+        return Path(root)
     count = max(2, cfg.data.phantom.covid_volumes)
     return Path(cfg.data.cache_dir) / "phantom-semiseg" / _phantom_tag(cfg, count)
 
 
-def prepare_semiseg(cfg: DictConfig) -> Path:
-    """Write the phantom's COVID-SemiSeg-layout slices when no real folder is configured."""
-    root = semiseg_dir(cfg)
-    if not cfg.infnet.data_root:
+def prepare_semiseg(cfg: DictConfig, root: str | None) -> Path:
+    """COVID-SemiSeg's folder, the phantom's slices written there first when no real folder is given."""
+    folder = semiseg_dir(cfg, root)
+    if not root:
         ph = cfg.data.phantom
-        write_phantom_semiseg(root, max(2, ph.covid_volumes), PHANTOM_SEEDS["slices"], ph.size, ph.spacing)
-    return root
+        write_phantom_semiseg(folder, max(2, ph.covid_volumes), PHANTOM_SEEDS["slices"], ph.size, ph.spacing)
+    return folder
 
 
 def raw_root(cfg: DictConfig, role: str, name: str) -> Path:

@@ -28,9 +28,10 @@ class Method:
     name: str                                    # its model.kind
     label_free: bool                             # trained without lesion masks: compare's first group
     module: type[SegmentationModule]             # built from the config; also loads its checkpoints
+    datamodule: Callable[[DictConfig], L.LightningDataModule]   # its training data (+ data.test); `prepare`
     fit: Callable[[DictConfig, Run], None]       # trains it in a run folder (the Run builds the Trainer)
     config_groups: tuple[str, ...] = ()          # its own top-level groups in its experiment file
-    training_data: tuple[str, ...] = ()          # data roles it trains on: "healthy", "train" (data.train)
+    training_data: tuple[str, ...] = ()          # dataset roles it trains on: "healthy", "train" (data.train)
     evaluation_data: Callable[[DictConfig], L.LightningDataModule] = EvaluationDataModule
     ensemble: Callable[[list], SegmentationModule] | None = None   # several checkpoints as one model
     validate: Callable[[DictConfig], None] | None = None           # checks of its own groups' values

@@ -28,8 +28,9 @@ def _normnet_ensemble(models: list[NormNet]) -> NormNet:
 
 
 register(Method(
-    name="normnet", label_free=True, module=NormNet, training_data=("healthy",), ensemble=_normnet_ensemble,
-    fit=lambda cfg, run: train_by_steps(run, NormNet(as_dict(cfg)), HealthyCTDataModule(cfg))))
+    name="normnet", label_free=True, module=NormNet, datamodule=HealthyCTDataModule, training_data=("healthy",),
+    ensemble=_normnet_ensemble,
+    fit=lambda cfg, run: train_by_steps(run, NormNet(as_dict(cfg)))))
 
 
 def _validate_threshold(cfg: DictConfig) -> None:
@@ -41,9 +42,10 @@ def _validate_threshold(cfg: DictConfig) -> None:
 
 
 register(Method(
-    name="threshold", label_free=True, module=ThresholdModel, config_groups=("threshold",),
+    name="threshold", label_free=True, module=ThresholdModel, datamodule=EvaluationDataModule,
+    config_groups=("threshold",),
     validate=_validate_threshold,
-    fit=lambda cfg, run: score_only(run, ThresholdModel(as_dict(cfg)), EvaluationDataModule(cfg))))
+    fit=lambda cfg, run: score_only(run, ThresholdModel(as_dict(cfg)))))
 
 
 def _validate_cyclegan(cfg: DictConfig) -> None:
@@ -56,23 +58,23 @@ def _validate_cyclegan(cfg: DictConfig) -> None:
 
 
 register(Method(
-    name="cyclegan", label_free=True, module=CycleGAN, config_groups=("cyclegan",), training_data=("train",),
+    name="cyclegan", label_free=True, module=CycleGAN, datamodule=UnpairedSliceDataModule,
+    config_groups=("cyclegan",), training_data=("train",),
     validate=_validate_cyclegan,
-    fit=lambda cfg, run: train_by_epochs(run, CycleGAN(as_dict(cfg)), UnpairedSliceDataModule(cfg),
-                                         cfg.cyclegan.epochs, cfg.cyclegan.val_every,
+    fit=lambda cfg, run: train_by_epochs(run, CycleGAN(as_dict(cfg)), cfg.cyclegan.epochs, cfg.cyclegan.val_every,
                                          reload_dataloaders_every_n_epochs=1)))
 
 
 register(Method(
-    name="infnet", label_free=False, module=InfNetModel, config_groups=("infnet",),
-    evaluation_data=SliceSegmentationDataModule,
-    fit=lambda cfg, run: train_by_epochs(run, InfNetModel.for_training(as_dict(cfg)), SliceSegmentationDataModule(cfg),
-                                         cfg.infnet.epochs, cfg.infnet.val_every)))
+    name="infnet", label_free=False, module=InfNetModel, datamodule=SliceSegmentationDataModule,
+    config_groups=("infnet",), evaluation_data=SliceSegmentationDataModule,
+    fit=lambda cfg, run: train_by_epochs(run, InfNetModel.for_training(as_dict(cfg)), cfg.infnet.epochs,
+                                         cfg.infnet.val_every)))
 
 
 register(Method(
-    name="semi_infnet", label_free=False, module=InfNetModel, config_groups=("infnet", "semi"),
-    evaluation_data=SliceSegmentationDataModule, fit=fit_semi_infnet))
+    name="semi_infnet", label_free=False, module=InfNetModel, datamodule=SliceSegmentationDataModule,
+    config_groups=("infnet", "semi"), evaluation_data=SliceSegmentationDataModule, fit=fit_semi_infnet))
 
 
 def _validate_unet3d(cfg: DictConfig) -> None:
@@ -85,10 +87,11 @@ def _validate_unet3d(cfg: DictConfig) -> None:
 def _fit_unet3d(cfg: DictConfig, run) -> None:
     u = cfg.unet3d
     stopping = EarlyStopping(monitor="val/dsc", mode="max", patience=u.early_stopping_patience, strict=False)
-    train_by_epochs(run, SupervisedUNet(as_dict(cfg)), LabelledPatchDataModule(cfg), u.max_epochs, u.val_every,
-                    [stopping], reload_dataloaders_every_n_epochs=1)
+    train_by_epochs(run, SupervisedUNet(as_dict(cfg)), u.max_epochs, u.val_every, [stopping],
+                    reload_dataloaders_every_n_epochs=1)
 
 
 register(Method(
-    name="unet3d", label_free=False, module=SupervisedUNet, config_groups=("unet3d",), training_data=("train",),
+    name="unet3d", label_free=False, module=SupervisedUNet, datamodule=LabelledPatchDataModule,
+    config_groups=("unet3d",), training_data=("train",),
     validate=_validate_unet3d, fit=_fit_unet3d))

@@ -1,7 +1,7 @@
 """The training schedules the built-in methods share, for a method's `fit` to call with its run.
 
-Each trains `model` on `datamodule` in the run folder, validates on data.test (scored by the run's
-evaluation callback) and ends with the run's checkpoints/last.ckpt.
+Each trains `model` on the method's datamodule (or the one given) in the run folder, validates on
+data.test (scored by the run's evaluation callback) and ends with the run's checkpoints/last.ckpt.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ def as_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def train_by_steps(run: Run, model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+def train_by_steps(run: Run, model: L.LightningModule) -> None:
     """trainer.max_steps steps; validation and a checkpoint every trainer.val_check_interval steps and at the
     last step."""
-    t = run.cfg.trainer
+    t, datamodule = run.cfg.trainer, run.method.datamodule(run.cfg)
     interval = min(t.val_check_interval, t.max_steps)
     checkpoints = ModelCheckpoint(dirpath=run.dir / "checkpoints", filename="step{step:06d}",
                                   auto_insert_metric_name=False, save_last=True, every_n_train_steps=interval,
@@ -36,17 +36,21 @@ def train_by_steps(run: Run, model: L.LightningModule, datamodule: L.LightningDa
     run.finish(trainer)
 
 
-def train_by_epochs(run: Run, model: L.LightningModule, datamodule: L.LightningDataModule, epochs: int,
-                    val_every: int, callbacks: list | None = None, **options) -> None:
-    """`epochs` epochs, validating every `val_every` (and after the last)."""
-    trainer = run.trainer(callbacks or [], max_epochs=epochs, check_val_every_n_epoch=max(1, min(val_every, epochs)),
+def train_by_epochs(run: Run, model: L.LightningModule, epochs: int, val_every: int, callbacks: list | None = None,
+                    **options) -> None:
+    """`epochs` epochs, validating every `val_every` and after the last (unless a callback stopped the
+    training at a validation)."""
+    every, datamodule = max(1, min(val_every, epochs)), run.method.datamodule(run.cfg)
+    trainer = run.trainer(callbacks or [], max_epochs=epochs, check_val_every_n_epoch=every,
                           enable_checkpointing=False, **options)
     trainer.fit(model, datamodule=datamodule)
+    if epochs % every and not trainer.should_stop:
+        trainer.validate(model, datamodule=datamodule)
     run.finish(trainer)
 
 
-def score_only(run: Run, model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+def score_only(run: Run, model: L.LightningModule) -> None:
     """For a method that learns nothing: one validation, and its checkpoint."""
     trainer = run.trainer()
-    trainer.validate(model, datamodule=datamodule)
+    trainer.validate(model, datamodule=run.method.datamodule(run.cfg))
     run.finish(trainer)

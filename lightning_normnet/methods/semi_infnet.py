@@ -32,7 +32,7 @@ def fit_semi_infnet(cfg: DictConfig, run: Run) -> None:
     semi, config = cfg.semi, as_dict(cfg)
     work = run.dir / "semi"
     state, round_model, masks = work / "pool.json", work / "round.ckpt", work / "pseudo-labels"
-    unlabelled = [str(p) for p in images_in(SemiSegFolders.find(prepare_semiseg(cfg)).unlabelled)]
+    unlabelled = [str(p) for p in images_in(SemiSegFolders.find(prepare_semiseg(cfg, cfg.infnet.data_root)).unlabelled)]
     pool = PseudoLabelPool.load_or_start(state, unlabelled[: semi.max_unlabelled], cfg.seed)
     model = InfNetModel.for_training(config)
     if round_model.is_file():
@@ -52,7 +52,7 @@ def fit_semi_infnet(cfg: DictConfig, run: Run) -> None:
     pretraining = SliceSegmentationDataModule(cfg, _pseudo_items(pool.labelled, masks), labelled=False,
                                               evaluate=False, batch_size=semi.pretrain_batch_size)
     _fit_quietly(run, final, pretraining, semi.pretrain_epochs)
-    train_by_epochs(run, final, SliceSegmentationDataModule(cfg), semi.finetune_epochs, cfg.infnet.val_every)
+    train_by_epochs(run, final, semi.finetune_epochs, cfg.infnet.val_every)
 
 
 def _pseudo_items(images: list[str], masks: Path) -> list[tuple[Path, Path, None]]:

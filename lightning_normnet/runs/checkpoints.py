@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import ConfigError, config_from_checkpoint
 from ..io import InputError
 from ..methods import Method, method_of
+from ..methods.fitting import as_dict
 from ..models.base import SegmentationModule
 
 # What places a model's voxels: checkpoints that differ here predict on different grids or windows.
@@ -27,7 +28,10 @@ def saved_config(path: str | Path) -> DictConfig:
         saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["hyper_parameters"]["config"]
     except (RuntimeError, KeyError, EOFError, OSError) as err:
         raise InputError(f"{path}: not a lightning-normnet checkpoint ({type(err).__name__}).") from None
-    return config_from_checkpoint(saved)
+    try:
+        return config_from_checkpoint(saved)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def _check_compatible(paths: list[str], configs: list[DictConfig]) -> None:
@@ -48,7 +52,10 @@ def load_model(paths: list[str], overrides: list[str] | tuple[str, ...] = (),
     """The model of one checkpoint, or the ensemble of several, in eval mode on `device`, and its method."""
     configs = [saved_config(path) for path in paths]
     _check_compatible(paths, configs)
-    method = method_of(configs[0])
+    try:
+        method = method_of(configs[0])
+    except ConfigError as err:
+        raise ConfigError(f"{paths[0]}: {err}") from None
     if len(paths) > 1 and method.ensemble is None:
         raise ConfigError(f"{paths[0]} and {paths[1]} are {method.name} checkpoints, which do not vote: give one.")
     models = []
@@ -56,6 +63,6 @@ def load_model(paths: list[str], overrides: list[str] | tuple[str, ...] = (),
         cfg = config_from_checkpoint(OmegaConf.to_container(cfg), overrides)
         method_of(cfg)
         models.append(method.module.load_from_checkpoint(path, map_location=device, weights_only=False,
-                                                         config=OmegaConf.to_container(cfg, resolve=True)))
+                                                         config=as_dict(cfg)))
     model = method.ensemble(models) if len(models) > 1 else models[0]
     return model.to(device).eval(), method

@@ -16,10 +16,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from ..io import InputError, write_atomically, write_text
-from ..scores import VolumeScore, read_evaluation
+from ..scores import VolumeScore, read_evaluation, summarize
 
 COLUMNS = ("dsc", "psc", "sen")
 GROUPS = ("label-free", "(semi-)supervised")
@@ -44,9 +43,6 @@ def load_run(path: str | Path) -> MethodResult:
     path = Path(path)
     folds = sorted(p.parent for p in path.glob("fold*/evaluation.json"))
     evaluations = [read_evaluation(folder) for folder in folds or [path]]
-    for folder, evaluation in zip(folds or [path], evaluations):
-        if not evaluation.validations:
-            raise InputError(f"{folder / 'evaluation.json'}: holds no validation yet.")
     first = evaluations[0]
     return MethodResult(first.run + (" (cv)" if folds else ""), first.label_free,
                         [s for e in evaluations for s in e.last.volumes])
@@ -78,18 +74,13 @@ def check_same_volumes(results: list[MethodResult], datasets: list[str]) -> None
                              f"({len(missing)} only in {reference.name}, {len(extra)} only in {other.name}: {shown}).")
 
 
-def _stats(scores: list[VolumeScore], dataset: str, key: str) -> tuple[float, float]:
-    values = np.array([s.metric(key) for s in scores if s.dataset == dataset], dtype=float)
-    values = values[~np.isnan(values)]
-    return (float(values.mean()), float(values.std())) if len(values) else (math.nan, math.nan)
-
-
 def comparison_rows(results: list[MethodResult]) -> tuple[list[str], list[tuple[str, str, dict]]]:
     """Shared datasets, and per method (group, name, {(dataset, key): (mean, std)}), label-free first."""
     datasets, _ = shared_datasets(results)
     ordered = sorted(results, key=lambda r: (not r.label_free, r.name))
-    return datasets, [(r.group, r.name, {(d, k): _stats(r.scores, d, k) for d in datasets for k in COLUMNS})
-                      for r in ordered]
+    summaries = [summarize(r.scores) for r in ordered]
+    return datasets, [(r.group, r.name, {(d, k): summary[d][k][:2] for d in datasets for k in COLUMNS})
+                      for r, summary in zip(ordered, summaries)]
 
 
 def render(results: list[MethodResult]) -> tuple[str, str]:

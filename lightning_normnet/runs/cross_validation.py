@@ -8,7 +8,7 @@ folds, and over all volumes pooled (cv_summary.md/json).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -21,7 +21,7 @@ from ..datasets.sources import prepare_dataset
 from ..io import write_text
 from ..methods import REGISTRY, method_of
 from ..metrics import METRIC_KEYS
-from ..scores import VolumeScore, finite, format_table, read_evaluation, summarize
+from ..scores import SCHEMA, VolumeScore, as_rows, finite, format_table, read_evaluation, summarize
 from .run import Run, open_run_folder
 
 
@@ -61,8 +61,8 @@ def summarize_folds(cv_dir: Path, k: int) -> str:
         over_folds[key] = (float(means.mean()), float(means.std()), len(means)) if len(means) else (np.nan, np.nan, 0)
     table = {**fold_rows, "mean over folds": over_folds, "all volumes": _pooled(pooled)}
     text = format_table(table)
-    folds = [[asdict(score) for score in volumes] for volumes in per_fold]
-    write_text(cv_dir / "cv_summary.json", json.dumps(finite({"folds": folds, "summary": table}), indent=1))
+    saved = {"schema": SCHEMA, "folds": [as_rows(volumes) for volumes in per_fold], "summary": finite(table)}
+    write_text(cv_dir / "cv_summary.json", json.dumps(saved, indent=1))
     write_text(cv_dir / "cv_summary.md", text + "\n")
     return text
 

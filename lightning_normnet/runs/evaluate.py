@@ -48,7 +48,8 @@ def evaluate_masks(masks: str | Path, method: str, label_free: bool, experiment:
     masks, scores = Path(masks), []
     for dataset in cfg.data.test:
         prepared = prepare_dataset(cfg, "test", dataset)
-        for case in track(load_index(prepared)["cases"], description=f"score {dataset}"):
+        cases = load_index(prepared)["cases"][: cfg.data.max_test_volumes]
+        for case in track(cases, description=f"score {dataset}"):
             truth = load_truth(prepared / case["name"])
             predicted = read_mask(_find_mask(masks, dataset, case["name"]), truth.grid, "predicted mask")
             lesion = torch.from_numpy(sitk.GetArrayFromImage(predicted).astype(bool))

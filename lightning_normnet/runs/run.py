@@ -22,7 +22,7 @@ from callbacks.dataset_summary import DatasetSummary
 from callbacks.volume_evaluation import VolumeEvaluation
 
 from ..methods import Method
-from ..scores import start_evaluation
+from ..scores import Evaluation
 
 LAUNCH_VARIABLE = "NORMNET_RUN_DIR"
 
@@ -69,7 +69,7 @@ class Run:
                 **options) -> L.Trainer:
         """The Trainer of this run. With `evaluate`: loggers (CSV, W&B), the scoring of data.test and the
         datasets' summary (listing the training sets too when `training`); without: a quiet fit with no
-        validation (Semi-Inf-Net's rounds)."""
+        validation (Semi-Inf-Net's rounds). The evaluation files start anew with each evaluating Trainer."""
         cfg, t = self.cfg, self.cfg.trainer
         loggers, extra = False, list(callbacks or [])
         if evaluate:
@@ -78,7 +78,7 @@ class Run:
                 use_offline_wandb_unless_keyed()
                 loggers.append(WandbLogger(project=cfg.logging.project, name=f"{cfg.name}-{self.dir.name}",
                                            save_dir=str(self.dir), config=OmegaConf.to_container(cfg)))
-            evaluation = start_evaluation(self.dir, self.method.name, cfg.name, self.method.label_free)
+            evaluation = Evaluation(self.method.name, cfg.name, self.method.label_free, [])
             extra += [DatasetSummary(self.dir, cfg, self._sources(training)),
                       VolumeEvaluation(self.dir, evaluation, cfg.logging.overlays)]
         else:

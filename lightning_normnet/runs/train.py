@@ -9,7 +9,6 @@ import lightning as L
 from ..config import ConfigError, load_config
 from ..datasets import discover
 from ..datasets.cache import prepare_cases
-from ..datasets.sources import prepare_dataset
 from ..methods import method_of
 from .run import Run, open_run_folder
 
@@ -24,15 +23,9 @@ def train(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: 
 
 
 def prepare_experiment(experiment: str, overrides: list[str] | tuple[str, ...] = ()) -> None:
-    """The sets the experiment's method trains on, and data.test."""
+    """What the experiment's method trains on, and data.test: its datamodule's prepare_data."""
     cfg = load_config(experiment, overrides)
-    roles = method_of(cfg).training_data
-    if "healthy" in roles:
-        print(f"healthy: {prepare_dataset(cfg, 'healthy', cfg.data.healthy)}")
-    for name in cfg.data.train if "train" in roles else ():
-        print(f"train {name}: {prepare_dataset(cfg, 'train', name)}")
-    for name in cfg.data.test:
-        print(f"test {name}: {prepare_dataset(cfg, 'test', name)}")
+    method_of(cfg).datamodule(cfg).prepare_data()
 
 
 def prepare_folder(scans: str, output: str | None, labelled: bool, experiment: str | None,
