@@ -73,3 +73,28 @@ def test_the_core_imports_nothing_above_it():
     above = {"lightning", "pytorch_lightning", "datamodules", "callbacks", "lightning_normnet.models",
              "lightning_normnet.methods", "lightning_normnet.runs", "lightning_normnet.cli"}
     assert not above & set(loaded)
+
+
+def test_score_prediction_by_hand():
+    """Six voxels in a row, the model grid = the scan's. Lung M' = 0..4, the model's lung M = 0..3; truth
+    lesion 1, 3; voted healthy 0, 1; lesion predicted 2, 3. Table III: tp 1 (3), fp 1 (2), fn 1 (1): DSC 1/2;
+    in M' tn 2 (0, 4): specificity 2/3. Table II on the bright voxels the vote covers (H' >= 0.33 in M' and M:
+    0..3; voxel 4 lies outside M, so the vote says nothing of it): precision 1/2, sensitivity 1/2,
+    specificity 1/2, AUC 3/4 (as in test_metrics); counting voxel 4 would make the sensitivity 1/3."""
+    from lightning_normnet.datasets.cache import ScanTruth
+    from lightning_normnet.inference import VolumePrediction
+    from lightning_normnet.io import Grid
+    from lightning_normnet.scores import score_prediction
+
+    grid = Grid((6, 1, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    row = lambda *v: np.array(v).reshape(1, 1, 6)                                        # noqa: E731
+    truth = ScanTruth(row(0, 1, 0, 1, 0, 0).astype(bool), row(1, 1, 1, 1, 1, 0).astype(bool),
+                      row(0.9, 0.8, 0.5, 0.4, 0.7, 0).astype(np.float32), grid, grid)
+    volume = lambda *v: torch.tensor(v).reshape(1, 1, 1, 1, 6)                           # noqa: E731
+    prediction = VolumePrediction(volume(0, 0, 1, 1, 0, 0).bool(), volume(1, 1, 0, 0, 0, 0).bool(),
+                                  volume(0.9, 0.8, 0.3, 0.1, 0.2, 0.0))
+    score, lesion = score_prediction(prediction, volume(1, 1, 1, 1, 0, 0).bool(), truth, "set", "case", "file", 0.33)
+    assert lesion.ravel().tolist() == [False, False, True, True, False, False]
+    assert (score.dsc, score.psc, score.sen) == (0.5, 0.5, 0.5) and score.spec == pytest.approx(2 / 3)
+    assert (score.bright_precision, score.bright_sensitivity, score.bright_specificity) == (0.5, 0.5, 0.5)
+    assert score.bright_auc == pytest.approx(0.75)
