@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_normnet.datasets.sources import prepare_semiseg, semiseg_dir
+from lightning_normnet.folds import held_out
 from lightning_normnet.io import InputError
 from lightning_normnet.networks.res2net import imagenet_normalise
 
@@ -122,9 +123,16 @@ class TestSlices(Dataset):
         return item
 
 
+def labelled_slices(cfg) -> list[tuple[str, str]]:
+    """("covid-semiseg", name) of the labelled training slices: what cross-validation splits."""
+    folder = SemiSegFolders.find(prepare_semiseg(cfg, cfg.infnet.data_root)).labelled / "Imgs"
+    return [("covid-semiseg", image.stem) for image in images_in(folder)]
+
+
 class SliceSegmentationDataModule(EvaluationDataModule):
     """Training on COVID-SemiSeg slices; validation on the 3D labelled sets of `data.test` (slice by slice;
-    none when data.test=[]) and on COVID-SemiSeg's test slices."""
+    none when data.test=[]) and on COVID-SemiSeg's test slices. Under cross-validation (`cv.fold` = f),
+    fold f of the labelled slices is held out: not trained on, and validated on instead of the test slices."""
 
     def __init__(self, cfg, extra_training: list[tuple[Path, Path, Path | None]] | None = None,
                  labelled: bool = True, evaluate: bool = True, batch_size: int | None = None):
@@ -144,10 +152,16 @@ class SliceSegmentationDataModule(EvaluationDataModule):
         if self.evaluate:
             super().setup(stage)
         self.folders = SemiSegFolders.find(semiseg_dir(self.cfg, self.cfg.infnet.data_root))
-        size = self.cfg.infnet.train_size
-        items = TrainingSlices.labelled(self.folders.labelled, size).items if self.labelled else []
-        self.train_set = TrainingSlices(items + self.extra_training, size)
-        self.test_slices = TestSlices(images_in(self.folders.test / "Imgs"), self.folders.test / "GT", size)
+        size, cv = self.cfg.infnet.train_size, self.cfg.cv
+        held = held_out(labelled_slices(self.cfg), cv, self.cfg.seed)
+        labelled = [item for item in TrainingSlices.labelled(self.folders.labelled, size).items
+                    if ("covid-semiseg", item[0].stem) not in held]
+        self.train_set = TrainingSlices((labelled if self.labelled else []) + self.extra_training, size)
+        if cv.fold is None:
+            self.test_slices = TestSlices(images_in(self.folders.test / "Imgs"), self.folders.test / "GT", size)
+        else:
+            images = [i for i in images_in(self.folders.labelled / "Imgs") if ("covid-semiseg", i.stem) in held]
+            self.test_slices = TestSlices(images, self.folders.labelled / "GT", size)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=False,

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_normnet.datasets.cache import load_index
 from lightning_normnet.datasets.sources import prepare_dataset, prepared_dir
-from lightning_normnet.folds import fold_assignment
+from lightning_normnet.folds import held_out
 
 
 class LabelledVolumes(Dataset):
@@ -71,22 +71,20 @@ class LabelledTrainingDataModule(EvaluationDataModule):
 
     def training_cases(self) -> list[Path]:
         """The prepared case folders to train on: every volume of data.train but the held-out fold."""
-        return [folder for volume, folder in self._train_volumes().items() if volume not in self._held_out()]
+        volumes = train_volumes(self.cfg)
+        held = held_out(list(volumes), self.cfg.cv, self.cfg.seed)
+        return [folder for volume, folder in volumes.items() if volume not in held]
 
     def setup(self, stage: str) -> None:
         if self.cfg.cv.fold is not None and self.volumes is None:
             sources = [(name, prepared_dir(self.cfg, "train", name)) for name in self.cfg.data.train]
-            self.volumes = LabelledVolumes(sources, only=self._held_out())
+            self.volumes = LabelledVolumes(sources, only=held_out(list(train_volumes(self.cfg)), self.cfg.cv,
+                                                                  self.cfg.seed))
         super().setup(stage)
 
-    def _train_volumes(self) -> dict[tuple[str, str], Path]:
-        folders = {name: prepared_dir(self.cfg, "train", name) for name in self.cfg.data.train}
-        return {(name, case["name"]): folder / case["name"] for name, folder in folders.items()
-                for case in load_index(folder)["cases"]}
 
-    def _held_out(self) -> set[tuple[str, str]]:
-        cv = self.cfg.cv
-        if cv.fold is None:
-            return set()
-        folds = fold_assignment(list(self._train_volumes()), cv.folds, self.cfg.seed)
-        return {volume for volume, fold in folds.items() if fold == cv.fold}
+def train_volumes(cfg: DictConfig) -> dict[tuple[str, str], Path]:
+    """{(dataset, case): prepared folder} of the labelled volumes of data.train (prepared beforehand)."""
+    folders = {name: prepared_dir(cfg, "train", name) for name in cfg.data.train}
+    return {(name, case["name"]): folder / case["name"] for name, folder in folders.items()
+            for case in load_index(folder)["cases"]}

@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from datamodules.covid_semiseg import labelled_slices
 from datamodules.evaluation import EvaluationDataModule
 from lightning_normnet.cli import main
 from lightning_normnet.config import load_config
@@ -149,18 +150,28 @@ def test_normnet_checkpoints_vote_and_mixed_ones_are_refused(tiny_runs, shared, 
     assert not (tmp_path / "x.nii.gz").exists()
 
 
-def test_cross_validation_takes_the_methods_trained_on_data_train(shared, capsys):
-    """The cycle-GAN (unsupervised, on data.train) cross-validates like the U-Net; NormNet does not train
-    on data.train and is refused."""
+def test_cross_validation_takes_every_method_trained_on_labels(shared, capsys):
+    """The cycle-GAN (whose slices data.train's masks sort) splits data.train's volumes like the U-Net (in
+    test_unet3d); Inf-Net splits COVID-SemiSeg's labelled slices and is scored on the held-out ones;
+    NormNet and the threshold are trained on no labels and are refused."""
     settings = METHODS["cyclegan"] + ["data.phantom.train_volumes=3", "cv.folds=3"]
     assert main(["cv", "cyclegan", *shared, *settings]) == 0
     cv_dir = next((Path(shared[-1].split("=", 1)[1]) / "cyclegan").glob("cv-*"))
     summary = json.loads((cv_dir / "cv_summary.json").read_text())
     assert [len(fold) for fold in summary["folds"]] == [1, 1, 1]
     assert sorted(v["name"] for fold in summary["folds"] for v in fold) == ["covid_000", "covid_001", "covid_002"]
+
+    assert main(["cv", "infnet", *shared, *SLICES, "cv.folds=2"]) == 0
+    cv_dir = next((Path(shared[-1].split("=", 1)[1]) / "infnet").glob("cv-*"))
+    folds = json.loads((cv_dir / "cv_summary.json").read_text())["folds"]
+    names = [{s["name"] for s in fold if s["dataset"] == "covid-semiseg"} for fold in folds]
+    labelled = {name for _, name in labelled_slices(load_config("infnet", shared + SLICES))}
+    assert abs(len(names[0]) - len(names[1])) <= 1 and names[0] | names[1] == labelled and not names[0] & names[1]
     capsys.readouterr()
-    assert main(["cv", "normnet_quick", *shared]) == 2
-    assert "which normnet does not train on (methods that do: cyclegan, unet3d)" in capsys.readouterr().err
+    for experiment in ("normnet_quick", "threshold"):
+        assert main(["cv", experiment, *shared]) == 2
+        assert ("is trained on none (methods that are: cyclegan, infnet, semi_infnet, unet3d)"
+                in capsys.readouterr().err)
 
 
 def test_semi_infnet_ran_its_rounds_and_resumes(tiny_runs, shared):

@@ -35,11 +35,9 @@ class Method:
     evaluation_data: Callable[[DictConfig], L.LightningDataModule] = EvaluationDataModule
     ensemble: Callable[[list], SegmentationModule] | None = None   # several checkpoints as one model
     validate: Callable[[DictConfig], None] | None = None           # checks of its own groups' values
-
-    @property
-    def cross_validates(self) -> bool:
-        """k-fold cross-validation needs a method that trains on the labelled volumes of data.train."""
-        return "train" in self.training_data
+    # what `normnet cv` splits into folds: the labelled items its training reads, as (dataset, name), once
+    # its datamodule has prepared them (None: it trains on no labels, nothing to cross-validate)
+    cv_items: Callable[[DictConfig], list[tuple[str, str]]] | None = None
 
 
 REGISTRY: dict[str, Method] = {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig
 
-from datamodules.covid_semiseg import SliceSegmentationDataModule
-from datamodules.evaluation import EvaluationDataModule
+from datamodules.covid_semiseg import SliceSegmentationDataModule, labelled_slices
+from datamodules.evaluation import EvaluationDataModule, train_volumes
 from datamodules.healthy import HealthyCTDataModule
 from datamodules.labelled_patches import LabelledPatchDataModule
 from datamodules.unpaired_slices import UnpairedSliceDataModule
@@ -59,7 +59,7 @@ def _validate_cyclegan(cfg: DictConfig) -> None:
 
 register(Method(
     name="cyclegan", label_free=True, module=CycleGAN, datamodule=UnpairedSliceDataModule,
-    config_groups=("cyclegan",), training_data=("train",),
+    config_groups=("cyclegan",), training_data=("train",), cv_items=lambda cfg: list(train_volumes(cfg)),
     validate=_validate_cyclegan,
     fit=lambda cfg, run: train_by_epochs(run, CycleGAN(as_dict(cfg)), cfg.cyclegan.epochs, cfg.cyclegan.val_every,
                                          reload_dataloaders_every_n_epochs=1)))
@@ -67,14 +67,15 @@ register(Method(
 
 register(Method(
     name="infnet", label_free=False, module=InfNetModel, datamodule=SliceSegmentationDataModule,
-    config_groups=("infnet",), evaluation_data=SliceSegmentationDataModule,
+    config_groups=("infnet",), evaluation_data=SliceSegmentationDataModule, cv_items=labelled_slices,
     fit=lambda cfg, run: train_by_epochs(run, InfNetModel.for_training(as_dict(cfg)), cfg.infnet.epochs,
                                          cfg.infnet.val_every)))
 
 
 register(Method(
     name="semi_infnet", label_free=False, module=InfNetModel, datamodule=SliceSegmentationDataModule,
-    config_groups=("infnet", "semi"), evaluation_data=SliceSegmentationDataModule, fit=fit_semi_infnet))
+    config_groups=("infnet", "semi"), evaluation_data=SliceSegmentationDataModule, cv_items=labelled_slices,
+    fit=fit_semi_infnet))
 
 
 def _validate_unet3d(cfg: DictConfig) -> None:
@@ -93,5 +94,5 @@ def _fit_unet3d(cfg: DictConfig, run) -> None:
 
 register(Method(
     name="unet3d", label_free=False, module=SupervisedUNet, datamodule=LabelledPatchDataModule,
-    config_groups=("unet3d",), training_data=("train",),
+    config_groups=("unet3d",), training_data=("train",), cv_items=lambda cfg: list(train_volumes(cfg)),
     validate=_validate_unet3d, fit=_fit_unet3d))

@@ -1,9 +1,11 @@
-"""`normnet cv`: k-fold cross-validation of a method that trains on the labelled volumes of data.train.
+"""`normnet cv`: k-fold cross-validation of a method that trains on labelled data: the volumes of
+data.train (the U-Net, the cycle-GAN) or COVID-SemiSeg's labelled slices (Inf-Net, Semi-Inf-Net); the
+registry's `cv_items` says which.
 
 Fold f (`cv.fold`, folds from `lightning_normnet.folds`) is a run folder `fold<f>/` of the cv folder,
-trained on the other folds and scored on its own volumes; a fold whose checkpoints/last.ckpt exists is
+trained on the other folds and scored on its own items; a fold whose checkpoints/last.ckpt exists is
 not trained again, so `--run-dir` resumes. The summary gives the metrics per fold, mean and std over
-folds, and over all volumes pooled (cv_summary.md/json).
+folds, and over all items pooled (cv_summary.md/json).
 """
 from __future__ import annotations
 
@@ -16,8 +18,6 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from ..config import ConfigError, apply_overrides, load_config
-from ..datasets.cache import load_index
-from ..datasets.sources import prepare_dataset
 from ..io import write_text
 from ..methods import REGISTRY, method_of
 from ..metrics import METRIC_KEYS
@@ -28,13 +28,14 @@ from .run import Run, open_run_folder
 def cross_validate(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: str | None = None) -> Path:
     cfg = load_config(experiment, overrides)
     method = method_of(cfg)
-    if not method.cross_validates:
-        able = ", ".join(sorted(m.name for m in REGISTRY.values() if m.cross_validates))
-        raise ConfigError(f"cv splits the labelled volumes of data.train, which {method.name} does not train on "
-                          f"(methods that do: {able}).")
-    volumes = sum(len(load_index(prepare_dataset(cfg, "train", name))["cases"]) for name in cfg.data.train)
-    if not 2 <= cfg.cv.folds <= volumes:
-        raise ConfigError(f"cv.folds={cfg.cv.folds} needs 2 <= folds <= the {volumes} volumes of data.train.")
+    if method.cv_items is None:
+        able = ", ".join(sorted(m.name for m in REGISTRY.values() if m.cv_items is not None))
+        raise ConfigError(f"cv splits the labelled data a method is trained on; {method.name} is trained on none "
+                          f"(methods that are: {able}).")
+    method.datamodule(apply_overrides(cfg, ["data.test=[]"])).prepare_data()
+    items = len(method.cv_items(cfg))
+    if not 2 <= cfg.cv.folds <= items:
+        raise ConfigError(f"cv.folds={cfg.cv.folds} needs 2 <= folds <= the {items} labelled items it splits.")
     cv_dir = open_run_folder(cfg, "cv", chosen)
     for fold in range(cfg.cv.folds):
         fold_dir = cv_dir / f"fold{fold}"
@@ -59,7 +60,7 @@ def summarize_folds(cv_dir: Path, k: int) -> str:
         means = np.array([fold_rows[f"fold{f}"][key][0] for f in range(k)], dtype=float)
         means = means[~np.isnan(means)]
         over_folds[key] = (float(means.mean()), float(means.std()), len(means)) if len(means) else (np.nan, np.nan, 0)
-    table = {**fold_rows, "mean over folds": over_folds, "all volumes": _pooled(pooled)}
+    table = {**fold_rows, "mean over folds": over_folds, "pooled": _pooled(pooled)}
     text = format_table(table)
     saved = {"schema": SCHEMA, "folds": [as_rows(volumes) for volumes in per_fold], "summary": finite(table)}
     write_text(cv_dir / "cv_summary.json", json.dumps(saved, indent=1))
