@@ -63,8 +63,31 @@ def _merge(base: DictConfig, conf) -> DictConfig:
 
 
 def load_config(experiment: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Load an experiment by name or path and apply `key.sub=value` overrides."""
-    return apply_overrides(_load_chain(resolve_experiment(experiment)), overrides)
+    """Load an experiment by name or path, then its named ablation (`ablation=NAME`, from the file or the
+    overrides), then the `key.sub=value` overrides."""
+    conf = _load_chain(resolve_experiment(experiment))
+    chosen = [item.split("=", 1)[1] for item in overrides if item.startswith("ablation=")]
+    ablation = chosen[-1] if chosen else conf.ablation
+    if ablation not in (None, "null"):
+        conf = apply_ablation(conf, ablation)
+    return apply_overrides(conf, overrides)
+
+
+def ablations() -> DictConfig:
+    """experiments/ablations.yaml: each Table IV column's name, description and the keys it sets."""
+    return OmegaConf.load(EXPERIMENTS_DIR / "ablations.yaml")
+
+
+def apply_ablation(conf: DictConfig, name: str) -> DictConfig:
+    """A copy of `conf` with the named ablation's keys set; recorded as `ablation` and in the run's name."""
+    presets = ablations()
+    if name not in presets:
+        raise ConfigError(f"ablation={name!r} is not in experiments/ablations.yaml (known: {', '.join(presets)}).")
+    conf = conf.copy()
+    for key, value in presets[name].set.items():
+        OmegaConf.update(conf, key, value, merge=False)
+    conf.ablation, conf.name = name, f"{conf.name}-{name}"
+    return conf
 
 
 def config_from_checkpoint(saved: dict, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -121,6 +144,8 @@ def validate(conf: DictConfig) -> None:
     if list(conf.data.slab[1:]) != list(conf.preprocessing.in_plane_size):
         raise ConfigError(f"data.slab in-plane {list(conf.data.slab[1:])} must equal "
                           f"preprocessing.in_plane_size {list(conf.preprocessing.in_plane_size)}.")
+    if conf.ablation is not None and conf.ablation not in ablations():
+        raise ConfigError(f"ablation={conf.ablation!r} is not in experiments/ablations.yaml.")
     if conf.cv.fold is not None and not 0 <= conf.cv.fold < conf.cv.folds:
         raise ConfigError(f"cv.fold={conf.cv.fold} must lie in 0..cv.folds-1 ({conf.cv.folds} folds).")
     _validate_datasets(conf)

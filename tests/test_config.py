@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from lightning_normnet.config import ConfigError, load_config
+from lightning_normnet.config import ConfigError, ablations, load_config
 from lightning_normnet.methods import method_of
 
 
@@ -79,3 +79,36 @@ def test_the_registry_checks_each_methods_groups(experiment, override, message):
 def test_cv_fold_must_be_one_of_the_folds():
     with pytest.raises(ConfigError, match="cv.fold=5 must lie in 0..cv.folds-1"):
         load_config("unet3d", ["cv.fold=5"])
+
+
+def _flat(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+    return dict(walk(OmegaConf.to_container(cfg), ""))
+
+
+@pytest.mark.parametrize("name", list(ablations()))
+def test_each_named_ablation_changes_exactly_the_keys_it_claims(name):
+    """Against normnet.yaml: the preset's keys take its values (each differs from the default), `ablation`
+    and `name` record it, and nothing else moves."""
+    default, ablated = _flat(load_config("normnet")), _flat(load_config("normnet", [f"ablation={name}"]))
+    claimed = dict(ablations()[name].set)
+    changed = {k for k in default if default[k] != ablated[k]}
+    assert changed == set(claimed) | {"ablation", "name"}
+    assert all(ablated[k] == v for k, v in claimed.items())
+    assert ablated["ablation"] == name and ablated["name"] == f"normnet-{name}"
+
+
+def test_ablations_cover_table_iv_and_combine_with_overrides():
+    assert len(ablations()) == 14 + 4 + 4 + 3 + 3        # generator, post-processing, T, modules, strategies
+    cfg = load_config("normnet_quick", ["ablation=fixed_G", "lesions.rotation=true"])
+    assert cfg.lesions.small_semi_axes == [12, 12] and cfg.lesions.rotation and cfg.name == "normnet_quick-fixed_G"
+    assert load_config("normnet", ["ablation=T_600"]).target.tau == pytest.approx((-600 + 800) / 900, abs=1e-4)
+    with pytest.raises(ConfigError, match="ablation='fixed_g' is not in experiments/ablations.yaml"):
+        load_config("normnet", ["ablation=fixed_g"])

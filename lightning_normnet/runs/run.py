@@ -77,7 +77,8 @@ class Run:
             if cfg.logging.wandb:
                 use_offline_wandb_unless_keyed()
                 loggers.append(WandbLogger(project=cfg.logging.project, name=f"{cfg.name}-{self.dir.name}",
-                                           save_dir=str(self.dir), config=OmegaConf.to_container(cfg)))
+                                           save_dir=str(self.dir), config=OmegaConf.to_container(cfg),
+                                           tags=[cfg.ablation] if cfg.ablation else None))
             evaluation = Evaluation(self.method.name, cfg.name, self.method.label_free, [])
             extra += [DatasetSummary(self.dir, cfg, self._sources(training)),
                       VolumeEvaluation(self.dir, evaluation, cfg.logging.overlays)]
