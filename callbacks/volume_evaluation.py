@@ -35,8 +35,8 @@ def gather_scores(scores: list[VolumeScore]) -> list[VolumeScore]:
 
 
 class VolumeEvaluation(L.Callback):
-    def __init__(self, run_dir: str | Path, evaluation: Evaluation, overlays: int = 4):
-        self.run_dir, self.evaluation, self.overlays = Path(run_dir), evaluation, overlays
+    def __init__(self, evaluation: Evaluation, overlays: int = 4):
+        self.evaluation, self.overlays = evaluation, overlays
         self.scores: list[VolumeScore] = []      # volumes scored here, on their scans' grids
         self.given: list[VolumeScore] = []       # scores a module made itself (Inf-Net's 2D test slices)
         self.pictures: list[tuple[str, np.ndarray]] = []
@@ -71,9 +71,9 @@ class VolumeEvaluation(L.Callback):
         if not trainer.is_global_zero:
             return
         step = trainer.global_step
-        table = self.evaluation.append(step, scores, self.run_dir)
+        table = self.evaluation.append(step, scores)
         print(f"\nValidation at step {step} ({len(scores)} volumes):\n{table}\n")
-        folder = self.run_dir / "overlays" / f"step{step:06d}"
+        folder = Path(self.evaluation.folder) / "overlays" / f"step{step:06d}"
         folder.mkdir(parents=True, exist_ok=True)
         for name, picture in self.pictures:
             Image.fromarray(picture).save(folder / f"{name.replace('/', '_')}.png")

@@ -48,7 +48,10 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         return conf
     base_path = resolve_experiment(str(base)) if not Path(base).is_absolute() else Path(base)
     try:
-        return _merge(_load_chain(base_path, seen + (path,)), conf)
+        parent = _load_chain(base_path, seen + (path,))
+        if conf.get("ablation") is not None:      # declared here: under this file's own values
+            parent = apply_ablation(parent, conf.ablation)
+        return _merge(parent, conf)
     except ConfigKeyError as err:
         raise ConfigError(f"{path}: unknown key {err.full_key!r} (not in {base_path.name}).") from None
 
@@ -63,14 +66,8 @@ def _merge(base: DictConfig, conf) -> DictConfig:
 
 
 def load_config(experiment: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Load an experiment by name or path, then its named ablation (`ablation=NAME`, from the file or the
-    overrides), then the `key.sub=value` overrides."""
-    conf = _load_chain(resolve_experiment(experiment))
-    chosen = [item.split("=", 1)[1] for item in overrides if item.startswith("ablation=")]
-    ablation = chosen[-1] if chosen else conf.ablation
-    if ablation not in (None, "null"):
-        conf = apply_ablation(conf, ablation)
-    return apply_overrides(conf, overrides)
+    """Load an experiment by name or path and apply `key.sub=value` overrides."""
+    return apply_overrides(_load_chain(resolve_experiment(experiment)), overrides)
 
 
 def ablations() -> DictConfig:
@@ -86,7 +83,8 @@ def apply_ablation(conf: DictConfig, name: str) -> DictConfig:
     conf = conf.copy()
     for key, value in presets[name].set.items():
         OmegaConf.update(conf, key, value, merge=False)
-    conf.ablation, conf.name = name, f"{conf.name}-{name}"
+    suffix = f"-{name}"
+    conf.ablation, conf.name = name, conf.name if conf.name.endswith(suffix) else conf.name + suffix
     return conf
 
 
@@ -100,10 +98,15 @@ def config_from_checkpoint(saved: dict, overrides: list[str] | tuple[str, ...] =
 
 
 def apply_overrides(conf: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:
-    """Merge `key.sub=value` items into a struct config and validate the result."""
+    """Merge `key.sub=value` items into a struct config and validate the result. `ablation=NAME` sets its
+    named ablation's keys first, so the other items apply over it."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value.")
+    chosen = [item.split("=", 1)[1].strip("'\"") for item in overrides if item.startswith("ablation=")]
+    if chosen and chosen[-1] != "null":
+        conf = apply_ablation(conf, chosen[-1])
+        overrides = [item for item in overrides if not item.startswith("ablation=")]
     try:
         conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
     except ConfigKeyError as err:
@@ -144,8 +147,9 @@ def validate(conf: DictConfig) -> None:
     if list(conf.data.slab[1:]) != list(conf.preprocessing.in_plane_size):
         raise ConfigError(f"data.slab in-plane {list(conf.data.slab[1:])} must equal "
                           f"preprocessing.in_plane_size {list(conf.preprocessing.in_plane_size)}.")
-    if conf.ablation is not None and conf.ablation not in ablations():
-        raise ConfigError(f"ablation={conf.ablation!r} is not in experiments/ablations.yaml.")
+    ablation = OmegaConf.select(conf, "ablation", default=None)
+    if ablation is not None and ablation not in ablations():
+        raise ConfigError(f"ablation={ablation!r} is not in experiments/ablations.yaml.")
     if conf.cv.fold is not None and not 0 <= conf.cv.fold < conf.cv.folds:
         raise ConfigError(f"cv.fold={conf.cv.fold} must lie in 0..cv.folds-1 ({conf.cv.folds} folds).")
     _validate_datasets(conf)

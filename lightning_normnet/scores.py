@@ -15,7 +15,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -115,21 +115,23 @@ class Validation:
 
 @dataclass
 class Evaluation:
-    """A run's evaluation file: who was scored (the method, the run's name, whether it is label-free) and
-    every validation of the run, in order."""
+    """A run folder's evaluation files: who was scored (the method, the run's name, whether it is
+    label-free) and every validation of the run, in order."""
     method: str
     run: str
     label_free: bool
-    validations: list[Validation]
+    folder: Path
+    validations: list[Validation] = field(default_factory=list)
 
     @property
     def last(self) -> Validation:
         if not self.validations:
-            raise InputError(f"run {self.run} ({self.method}) has no validation recorded yet.")
+            raise InputError(f"{self.folder / EVALUATION}: holds no validation yet.")
         return self.validations[-1]
 
-    def append(self, step: int, scores: list[VolumeScore], folder: Path) -> str:
+    def append(self, step: int, scores: list[VolumeScore]) -> str:
         """Add a validation and rewrite the files (each written whole, atomically); returns its table."""
+        folder = Path(self.folder)
         self.validations.append(Validation(step, scores))
         table = format_table(summarize(scores))
         saved = {"schema": SCHEMA, "method": self.method, "run": self.run, "label_free": self.label_free,
@@ -164,7 +166,7 @@ def read_evaluation(folder: str | Path) -> Evaluation:
                          "with `normnet evaluate`.")
     validations = [Validation(v["step"], [VolumeScore(**{k: NAN if x is None else x for k, x in s.items()})
                                           for s in v["volumes"]]) for v in saved["validations"]]
-    return Evaluation(saved["method"], saved["run"], saved["label_free"], validations)
+    return Evaluation(saved["method"], saved["run"], saved["label_free"], Path(folder), validations)
 
 
 def finite(value):

@@ -105,6 +105,27 @@ def test_each_named_ablation_changes_exactly_the_keys_it_claims(name):
     assert ablated["ablation"] == name and ablated["name"] == f"normnet-{name}"
 
 
+@pytest.mark.parametrize("name, key, value", [
+    ("iii", "lesions.small_count", [3, 8]), ("iii", "lesions.large_probability", 0.1),
+    ("iv", "lesions.medium_count", [7, 12]), ("v", "lesions.large_semi_axes", [32, 48]),
+    ("vii", "lesions.sigma_a", [4, 12]), ("xi", "lesions.sigma_b_small", [0.6, 2.0]),
+    ("xiv", "lesions.mu0", [0.35, 0.85]), ("k_f", "postprocessing.k_f", 9), ("t_d", "postprocessing.t_d", 0.15),
+    ("fixed_a", "lesions.a_range", [0.2, 0.2]), ("fixed_G", "lesions.small_semi_axes", [12, 12]),
+    ("edge", "preprocessing.edge_removal.enabled", False), ("areas", "target.kind", "areas"),
+])
+def test_ablations_hold_the_papers_values(name, key, value):
+    """Spot checks against Sec. IV-E's text (not against ablations.yaml)."""
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.select(load_config("normnet", [f"ablation={name}"]), key) == value
+
+
+def test_the_threshold_ablations_keep_a_voxel_at_exactly_t_bright():
+    for t in (-700, -600, -400, -300):
+        tau = load_config("normnet", [f"ablation=T_{-t}"]).target.tau
+        assert tau <= (t + 800) / 900 < tau + 1e-4
+
+
 def test_ablations_cover_table_iv_and_combine_with_overrides():
     assert len(ablations()) == 14 + 4 + 4 + 3 + 3        # generator, post-processing, T, modules, strategies
     cfg = load_config("normnet_quick", ["ablation=fixed_G", "lesions.rotation=true"])
@@ -112,3 +133,20 @@ def test_ablations_cover_table_iv_and_combine_with_overrides():
     assert load_config("normnet", ["ablation=T_600"]).target.tau == pytest.approx((-600 + 800) / 900, abs=1e-4)
     with pytest.raises(ConfigError, match="ablation='fixed_g' is not in experiments/ablations.yaml"):
         load_config("normnet", ["ablation=fixed_g"])
+
+
+def test_an_ablation_applies_once_wherever_it_is_named(tmp_path):
+    """Over a checkpoint's config (post-processing columns need no training), in an experiment file under
+    that file's own values, and not again when a run's saved config.yaml is loaded."""
+    from omegaconf import OmegaConf
+
+    from lightning_normnet.config import config_from_checkpoint
+
+    saved = OmegaConf.to_container(load_config("normnet"))
+    assert config_from_checkpoint(saved, ["ablation=k_d"]).postprocessing.k_d == 7
+    (tmp_path / "mine.yaml").write_text("base: normnet\nablation: fixed_G\nlesions:\n  rotation: true\n")
+    mine = load_config(str(tmp_path / "mine.yaml"))
+    assert mine.lesions.rotation and mine.lesions.small_semi_axes == [12, 12] and mine.name == "normnet-fixed_G"
+    OmegaConf.save(load_config("normnet", ["ablation=fixed_G", "lesions.rotation=true"]), tmp_path / "config.yaml")
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again.lesions.rotation and again.name == "normnet-fixed_G"

@@ -23,7 +23,7 @@ def test_each_volume_counted_once_with_two_processes(tmp_path, tiny_overrides):
     cfg = load_config("normnet_quick", tiny_overrides + ["data.phantom.covid_volumes=3"])
     datamodule = EvaluationDataModule(cfg)
     datamodule.prepare_data()
-    evaluation = VolumeEvaluation(tmp_path / "run", Evaluation("normnet", "ddp", True, []), overlays=0)
+    evaluation = VolumeEvaluation(Evaluation("normnet", "ddp", True, tmp_path / "run"), overlays=0)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
                         callbacks=[evaluation], enable_progress_bar=False,
                         enable_model_summary=False)

@@ -185,6 +185,28 @@ def test_semi_infnet_ran_its_rounds_and_resumes(tiny_runs, shared):
     assert (run / "semi" / "round.ckpt").stat().st_mtime_ns == before
 
 
+def test_a_held_out_fold_is_not_trained_on(shared):
+    """Fold 1 of 3 phantom volumes: the U-Net trains on the other two and validates on it; fold 0 of Inf-Net's
+    labelled slices: trained on the rest, validated on it instead of the test slices."""
+    from datamodules.covid_semiseg import SliceSegmentationDataModule
+    from datamodules.labelled_patches import LabelledPatchDataModule
+
+    cfg = load_config("unet3d", shared + METHODS["unet3d"] + ["data.phantom.train_volumes=3", "cv.folds=3",
+                                                              "cv.fold=1", "data.test=[]"])
+    patches = LabelledPatchDataModule(cfg)
+    patches.prepare_data()
+    patches.setup("validate")
+    trained, held = {p.name for p in patches.training_cases()}, {item[2] for item in patches.volumes.items}
+    assert len(trained) == 2 and len(held) == 1 and not trained & held
+    cfg = load_config("infnet", shared + SLICES + ["cv.folds=2", "cv.fold=0", "data.test=[]"])
+    slices = SliceSegmentationDataModule(cfg)
+    slices.prepare_data()
+    slices.setup("fit")
+    trained = {image.stem for image, _, _ in slices.train_set.items}
+    held = {image.stem for image in slices.test_slices.images}
+    assert held and not trained & held and trained | held == {name for _, name in labelled_slices(cfg)}
+
+
 class LungBand(SegmentationModule):
     """A toy method: lesion = lung voxels brighter than `toy.level` of the window."""
 

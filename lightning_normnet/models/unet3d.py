@@ -62,5 +62,6 @@ class SupervisedUNet(SegmentationModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=u.lr)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1,
                                                              patience=u.plateau_patience, min_lr=u.min_lr)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/dsc",
-                                                         "interval": "epoch", "strict": False}}
+        schedule = {"scheduler": plateau, "monitor": "val/dsc", "interval": "epoch", "frequency": u.val_every,
+                    "strict": False}     # steps at each validation: the patience counts validations
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

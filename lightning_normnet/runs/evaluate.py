@@ -57,7 +57,7 @@ def evaluate_masks(masks: str | Path, method: str, label_free: bool, experiment:
             scores.append(VolumeScore(dataset, case["name"], case["source"],
                                       **segmentation_metrics(lesion, truth_lesion, lung)))
     run_dir = open_run_folder(cfg, "evaluate", name=method)
-    print(f"{Evaluation(method, method, label_free, []).append(0, scores, run_dir)}\n"
+    print(f"{Evaluation(method, method, label_free, run_dir).append(0, scores)}\n"
           f"metrics: {run_dir / 'evaluation.md'}")
     return run_dir
 

@@ -79,9 +79,9 @@ class Run:
                 loggers.append(WandbLogger(project=cfg.logging.project, name=f"{cfg.name}-{self.dir.name}",
                                            save_dir=str(self.dir), config=OmegaConf.to_container(cfg),
                                            tags=[cfg.ablation] if cfg.ablation else None))
-            evaluation = Evaluation(self.method.name, cfg.name, self.method.label_free, [])
+            evaluation = Evaluation(self.method.name, cfg.name, self.method.label_free, self.dir)
             extra += [DatasetSummary(self.dir, cfg, self._sources(training)),
-                      VolumeEvaluation(self.dir, evaluation, cfg.logging.overlays)]
+                      VolumeEvaluation(evaluation, cfg.logging.overlays)]
         else:
             options.setdefault("limit_val_batches", 0)
         settings = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
