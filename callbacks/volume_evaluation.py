@@ -10,8 +10,6 @@ writes overlays/ and sends the table and overlay images to the logger.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import numpy as np
 import torch.distributed as dist
@@ -73,7 +71,7 @@ class VolumeEvaluation(L.Callback):
         step = trainer.global_step
         table = self.evaluation.append(step, scores)
         print(f"\nValidation at step {step} ({len(scores)} volumes):\n{table}\n")
-        folder = Path(self.evaluation.folder) / "overlays" / f"step{step:06d}"
+        folder = self.evaluation.folder / "overlays" / f"step{step:06d}"
         folder.mkdir(parents=True, exist_ok=True)
         for name, picture in self.pictures:
             Image.fromarray(picture).save(folder / f"{name.replace('/', '_')}.png")

@@ -125,8 +125,11 @@ class TestSlices(Dataset):
 
 def labelled_slices(cfg) -> list[tuple[str, str]]:
     """("covid-semiseg", name) of the labelled training slices: what cross-validation splits."""
-    folder = SemiSegFolders.find(prepare_semiseg(cfg, cfg.infnet.data_root)).labelled / "Imgs"
-    return [("covid-semiseg", image.stem) for image in images_in(folder)]
+    return _slice_items(SemiSegFolders.find(semiseg_dir(cfg, cfg.infnet.data_root)))
+
+
+def _slice_items(folders: SemiSegFolders) -> list[tuple[str, str]]:
+    return [("covid-semiseg", image.stem) for image in images_in(folders.labelled / "Imgs")]
 
 
 class SliceSegmentationDataModule(EvaluationDataModule):
@@ -153,7 +156,7 @@ class SliceSegmentationDataModule(EvaluationDataModule):
             super().setup(stage)
         self.folders = SemiSegFolders.find(semiseg_dir(self.cfg, self.cfg.infnet.data_root))
         size, cv = self.cfg.infnet.train_size, self.cfg.cv
-        held = held_out(labelled_slices(self.cfg), cv, self.cfg.seed)
+        held = held_out(_slice_items(self.folders), cv, self.cfg.seed)
         labelled = [item for item in TrainingSlices.labelled(self.folders.labelled, size).items
                     if ("covid-semiseg", item[0].stem) not in held]
         self.train_set = TrainingSlices((labelled if self.labelled else []) + self.extra_training, size)

@@ -131,7 +131,7 @@ class Evaluation:
 
     def append(self, step: int, scores: list[VolumeScore]) -> str:
         """Add a validation and rewrite the files (each written whole, atomically); returns its table."""
-        folder = Path(self.folder)
+        folder = self.folder
         self.validations.append(Validation(step, scores))
         table = format_table(summarize(scores))
         saved = {"schema": SCHEMA, "method": self.method, "run": self.run, "label_free": self.label_free,
@@ -144,8 +144,8 @@ class Evaluation:
         writer = csv.DictWriter(rows, fieldnames=columns)
         writer.writeheader()
         for validation in self.validations:
-            for score in validation.volumes:
-                writer.writerow(finite({"step": validation.step, **asdict(score)}))
+            for row in as_rows(validation.volumes):
+                writer.writerow({"step": validation.step, **row})
         write_text(folder / "volumes.csv", rows.getvalue())
         return table
 
@@ -159,14 +159,20 @@ def read_evaluation(folder: str | Path) -> Evaluation:
     path = Path(folder) / EVALUATION
     if not path.is_file():
         raise InputError(f"{path}: missing: not a scored run folder.")
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}).") from None
     if not isinstance(saved, dict) or saved.get("schema") != SCHEMA:
         found = saved.get("schema", 1) if isinstance(saved, dict) else 1
         raise InputError(f"{path}: evaluation schema {found}, this version reads {SCHEMA}; score the run again "
                          "with `normnet evaluate`.")
-    validations = [Validation(v["step"], [VolumeScore(**{k: NAN if x is None else x for k, x in s.items()})
-                                          for s in v["volumes"]]) for v in saved["validations"]]
-    return Evaluation(saved["method"], saved["run"], saved["label_free"], Path(folder), validations)
+    try:
+        validations = [Validation(v["step"], [VolumeScore(**{k: NAN if x is None else x for k, x in s.items()})
+                                              for s in v["volumes"]]) for v in saved["validations"]]
+        return Evaluation(saved["method"], saved["run"], saved["label_free"], Path(folder), validations)
+    except (KeyError, TypeError) as err:
+        raise InputError(f"{path}: not an evaluation file of schema {SCHEMA} ({type(err).__name__}: {err}).") from None
 
 
 def finite(value):

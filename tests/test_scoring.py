@@ -98,3 +98,14 @@ def test_score_prediction_by_hand():
     assert (score.dsc, score.psc, score.sen) == (0.5, 0.5, 0.5) and score.spec == pytest.approx(2 / 3)
     assert (score.bright_precision, score.bright_sensitivity, score.bright_specificity) == (0.5, 0.5, 0.5)
     assert score.bright_auc == pytest.approx(0.75)
+
+
+def test_compare_names_a_damaged_evaluation_file(tmp_path, capsys):
+    for name, text in (("broken", '{"schema": 2, "validations": ['), ("old", "[]"), ("partial", '{"schema": 2}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluation.json").write_text(text)
+    for name, message in (("broken", "not valid JSON"), ("old", "evaluation schema 1, this version reads 2"),
+                          ("partial", "not an evaluation file of schema 2")):
+        assert main(["compare", str(tmp_path / name), str(tmp_path / "old"), "--output", str(tmp_path / "out")]) == 2
+        assert f"{tmp_path / name / 'evaluation.json'}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

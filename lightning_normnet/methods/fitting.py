@@ -1,6 +1,6 @@
 """The training schedules the built-in methods share, for a method's `fit` to call with its run.
 
-Each trains `model` on the method's datamodule (or the one given) in the run folder, validates on
+Each trains `model` on the method's datamodule in the run folder, validates on
 data.test (scored by the run's evaluation callback) and ends with the run's checkpoints/last.ckpt.
 """
 from __future__ import annotations
