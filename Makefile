@@ -7,7 +7,7 @@ EXP    ?= normnet
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train prepare evaluate predict cv compare test test-all bench lint clean
+.PHONY: install train prepare evaluate predict cv compare sweep ablations test test-all bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ cv: $(STAMP)             ## make cv EXP=unet3d ARGS="cv.folds=5": k-fold cross-v
 
 compare: $(STAMP)        ## make compare RUNS="runs/normnet/train-... runs/threshold/train-...": Table III, CSV, PNG
 	$(BIN)/normnet compare $(RUNS) $(if $(OUTPUT),--output $(OUTPUT))
+
+sweep: $(STAMP)          ## make sweep SWEEP=experiments/sweeps/smoke.yaml [COUNT=N]: an agent (W&B with a key, else Optuna)
+	$(BIN)/normnet sweep $(SWEEP) $(if $(COUNT),--count $(COUNT))
+
+ablations: $(STAMP)      ## make ablations SWEEP_DIR=runs/sweeps/smoke: Tables IV and V (md, CSV, PNG) again
+	$(BIN)/normnet ablations $(SWEEP_DIR)
 
 test: $(STAMP)           ## fast CPU tests
 	$(BIN)/python -m pytest -q

@@ -17,7 +17,7 @@ from PIL import Image
 
 from lightning_normnet.datasets.cache import load_truth
 from lightning_normnet.inference import VolumePrediction
-from lightning_normnet.scores import Evaluation, VolumeScore, score_prediction, summarize
+from lightning_normnet.scores import Evaluation, VolumeScore, logged_metrics, score_prediction
 
 from .overlays import overlay_slice
 
@@ -57,13 +57,8 @@ class VolumeEvaluation(L.Callback):
             self.pictures.append((f"{score.dataset}/{score.name}", overlay_slice(truth.image, lesion, truth.lesion)))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        volumes = gather_scores(self.scores)
-        scores = volumes + gather_scores(self.given)
-        summary = summarize(scores)
-        flat = {f"val/{dataset}/{key}{suffix}": value for dataset, metrics in summary.items()
-                for key, (mean, std, n) in metrics.items() if n for suffix, value in (("", mean), ("_std", std))}
-        if volumes:   # the mean DSC over every scored volume: what schedules monitor
-            flat["val/dsc"] = float(np.mean([s.dsc for s in volumes]))
+        scores = gather_scores(self.scores) + gather_scores(self.given)
+        flat = logged_metrics(scores)
         if flat:
             pl_module.log_dict(flat, sync_dist=False, rank_zero_only=True)
         if not trainer.is_global_zero:

@@ -1,4 +1,5 @@
-"""`normnet train | cv | compare | prepare | predict | evaluate`: parse, then hand over to runs/.
+"""`normnet train | cv | compare | prepare | predict | evaluate | sweep | trial | ablations`: parse, then
+hand over to runs/.
 
     normnet train [--run-dir DIR] EXPERIMENT [key=value ...]
     normnet cv [--run-dir DIR] EXPERIMENT [key=value ...]   k-fold cross-validation over data.train
@@ -8,6 +9,9 @@
     normnet predict --checkpoint CKPT [CKPT ...] --input CT --output MASK [--report R.json]
     normnet evaluate --checkpoint CKPT [CKPT ...] [key=value ...]
     normnet evaluate --masks DIR [--experiment EXP] [--method NAME] [--label-free] [key=value ...]
+    normnet sweep SWEEP.yaml [--count N]                  an agent of a sweep (W&B with a key, else Optuna)
+    normnet trial SWEEP.yaml [--run-dir DIR] key=value ... one trial of a sweep (what its agents run)
+    normnet ablations SWEEP_DIR [--output DIR]            Tables IV and V of a sweep's finished trials
 """
 from __future__ import annotations
 
@@ -68,6 +72,24 @@ def evaluate(args) -> None:
         raise ConfigError("evaluate needs --checkpoint CKPT [...] or --masks DIR.")
 
 
+def sweep(args) -> None:
+    from .runs.sweep import sweep as run_sweep
+
+    run_sweep(args.sweep, args.count)
+
+
+def trial(args) -> None:
+    from .runs.trial import run_trial
+
+    run_trial(args.sweep, args.arguments, args.run_dir)
+
+
+def ablations(args) -> None:
+    from .runs.ablations import write_tables
+
+    write_tables(args.sweep_dir, args.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normnet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-free", action="store_true", help="with --masks: file the method as label-free")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=evaluate)
+    p = sub.add_parser("sweep", help="run a sweep file's trials (W&B's agent with a key, else Optuna)")
+    p.add_argument("sweep", help="experiments/sweeps/<name>.yaml (W&B's sweep format)")
+    p.add_argument("--count", type=int, help="run at most this many trials in this agent")
+    p.set_defaults(func=sweep)
+    p = sub.add_parser("trial", help="one trial of a sweep: the command in its sweep file")
+    p.add_argument("sweep")
+    p.add_argument("arguments", nargs="*", help="experiment=NAME, config key=value, checkpoint_step=S")
+    p.add_argument("--run-dir", help="the trial's run folder (default: a new one in the sweep's folder)")
+    p.set_defaults(func=trial)
+    p = sub.add_parser("ablations", help="Tables IV and V (markdown, CSV, PNG) of a sweep's finished trials")
+    p.add_argument("sweep_dir", help="the sweep's folder, runs/sweeps/<name>")
+    p.add_argument("--output", help="where to write them (default: the sweep's folder)")
+    p.set_defaults(func=ablations)
     return parser
 
 

@@ -103,6 +103,8 @@ def apply_overrides(conf: DictConfig, overrides: list[str] | tuple[str, ...]) ->
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value.")
+    # a W&B agent writes a sweep's YAML null as `key=None`
+    overrides = [item[: -len("None")] + "null" if item.endswith("=None") else item for item in overrides]
     chosen = [item.split("=", 1)[1].strip("'\"") for item in overrides if item.startswith("ablation=")]
     if chosen and chosen[-1] != "null":
         conf = apply_ablation(conf, chosen[-1])
@@ -142,6 +144,9 @@ def validate(conf: DictConfig) -> None:
             raise ConfigError(f"postprocessing.{key}={conf.postprocessing[key]} must be odd (centred mean filter).")
     if conf.model.members < 1:
         raise ConfigError("model.members must be at least 1.")
+    if conf.inference.member is not None and not 1 <= conf.inference.member <= conf.model.members:
+        raise ConfigError(f"inference.member={conf.inference.member} must be null (the vote) or lie in "
+                          f"1..model.members={conf.model.members}.")
     if len(conf.data.slab) != 3 or len(conf.inference.roi) != 3:
         raise ConfigError("data.slab and inference.roi must be [D, H, W].")
     if list(conf.data.slab[1:]) != list(conf.preprocessing.in_plane_size):

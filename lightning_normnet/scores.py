@@ -94,6 +94,16 @@ def summarize(scores: list[VolumeScore]) -> dict[str, dict[str, tuple[float, flo
     return out
 
 
+def logged_metrics(scores: list[VolumeScore]) -> dict[str, float]:
+    """What a validation logs: val/<dataset>/<metric> and its _std, and val/dsc, the mean DSC over every
+    scored volume (what schedules monitor and sweeps optimise); read back from evaluation.json alike."""
+    flat = {f"val/{dataset}/{key}{suffix}": value for dataset, metrics in summarize(scores).items()
+            for key, (mean, std, n) in metrics.items() if n for suffix, value in (("", mean), ("_std", std))}
+    if scores:
+        flat["val/dsc"] = float(np.mean([s.dsc for s in scores]))
+    return flat
+
+
 def format_table(summary: dict) -> str:
     """Markdown table: one row per dataset, mean +/- std in percent (MAE as a fraction), as Tables II and III;
     the columns are the metrics some dataset has."""

@@ -38,6 +38,9 @@ class Method:
     # what `normnet cv` splits into folds: the labelled items its training reads, as (dataset, name), once
     # its datamodule has prepared them (None: it trains on no labels, nothing to cross-validate)
     cv_items: Callable[[DictConfig], list[tuple[str, str]]] | None = None
+    # config keys (groups or dotted keys) that change only how a trained model predicts: sweep trials that
+    # differ from each other only there share one training (what every method shares: runs.trial)
+    inference_keys: tuple[str, ...] = ()
 
 
 REGISTRY: dict[str, Method] = {}

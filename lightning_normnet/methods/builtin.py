@@ -30,6 +30,7 @@ def _normnet_ensemble(models: list[NormNet]) -> NormNet:
 register(Method(
     name="normnet", label_free=True, module=NormNet, datamodule=HealthyCTDataModule, training_data=("healthy",),
     ensemble=_normnet_ensemble,
+    inference_keys=("inference", "postprocessing", "preprocessing.edge_removal.at_inference"),
     fit=lambda cfg, run: train_by_steps(run, NormNet(as_dict(cfg)))))
 
 

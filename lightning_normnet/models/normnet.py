@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..config import ConfigError
 from ..inference import VolumePrediction, predict_lesions
 from .base import SegmentationModule
 
@@ -58,7 +59,12 @@ class NormNet(SegmentationModule):
         return total
 
     def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> VolumePrediction:
-        return predict_lesions(self.members, image, lung, self.cfg.inference, self.cfg.postprocessing)
+        """The members' vote, or with `inference.member` = m that member alone (Table V's model_m)."""
+        chosen = self.cfg.inference.member
+        if chosen is not None and not 1 <= chosen <= len(self.members):
+            raise ConfigError(f"inference.member={chosen} must lie in 1..{len(self.members)} (the ensemble's members).")
+        members = self.members if chosen is None else [self.members[chosen - 1]]
+        return predict_lesions(members, image, lung, self.cfg.inference, self.cfg.postprocessing)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.cfg.model.lr)

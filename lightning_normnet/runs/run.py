@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,32 +26,44 @@ from ..methods import Method
 from ..scores import Evaluation
 
 LAUNCH_VARIABLE = "NORMNET_RUN_DIR"
+# the run folder is ours and holds config.yaml before any logger starts: nothing of a logger's is deleted
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+
+def launched_rank() -> bool:
+    """Whether this process is a DDP rank that Lightning launched from a run (it joins that run's folder)."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" and bool(os.environ.get(LAUNCH_VARIABLE))
 
 
 def open_run_folder(cfg: DictConfig, kind: str, chosen: str | Path | None = None, name: str | None = None) -> Path:
     """runs/<name>/<kind>-<time> (or `chosen`, to continue in a given folder), created, with config.yaml."""
-    inherited = os.environ.get(LAUNCH_VARIABLE) if os.environ.get("LOCAL_RANK", "0") != "0" else None
-    if inherited:
-        return Path(inherited)
+    if launched_rank():
+        return Path(os.environ[LAUNCH_VARIABLE])
     if chosen:
         run_dir = Path(chosen)
         run_dir.mkdir(parents=True, exist_ok=True)
+    elif "SLURM_JOB_ID" in os.environ:          # every task of the job writes into the same folder
+        run_dir = Path(cfg.output_dir) / (name or cfg.name) / f"{kind}-{os.environ['SLURM_JOB_ID']}"
+        run_dir.mkdir(parents=True, exist_ok=True)
     else:
-        stamp = os.environ.get("SLURM_JOB_ID") or time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.output_dir) / (name or cfg.name) / f"{kind}-{stamp}"
-        if "SLURM_JOB_ID" in os.environ:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        else:                                   # two runs started in the same second get -2, -3, ...
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            for n in range(2, 1000):
-                try:
-                    run_dir.mkdir()
-                    break
-                except FileExistsError:
-                    run_dir = run_dir.with_name(f"{kind}-{stamp}-{n}")
+        run_dir = new_folder(Path(cfg.output_dir) / (name or cfg.name), kind)
     OmegaConf.save(cfg, run_dir / "config.yaml")
     os.environ[LAUNCH_VARIABLE] = str(run_dir)      # read only by the ranks Lightning launches from here
     return run_dir
+
+
+def new_folder(parent: Path, prefix: str) -> Path:
+    """parent/<prefix>-<time>, created; folders started in the same second get -2, -3, ..."""
+    stamp = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: 999 folders named {stamp}-*: choose a run folder with --run-dir.")
 
 
 def use_offline_wandb_unless_keyed() -> None:
@@ -77,7 +90,8 @@ class Run:
             if cfg.logging.wandb:
                 use_offline_wandb_unless_keyed()
                 loggers.append(WandbLogger(project=cfg.logging.project, name=f"{cfg.name}-{self.dir.name}",
-                                           save_dir=str(self.dir), config=OmegaConf.to_container(cfg),
+                                           group=cfg.logging.group, save_dir=str(self.dir),
+                                           config=OmegaConf.to_container(cfg),
                                            tags=[cfg.ablation] if cfg.ablation else None))
             evaluation = Evaluation(self.method.name, cfg.name, self.method.label_free, self.dir)
             extra += [DatasetSummary(self.dir, cfg, self._sources(training)),
