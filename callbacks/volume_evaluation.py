@@ -57,8 +57,9 @@ class VolumeEvaluation(L.Callback):
             self.pictures.append((f"{score.dataset}/{score.name}", overlay_slice(truth.image, lesion, truth.lesion)))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        scores = gather_scores(self.scores) + gather_scores(self.given)
-        flat = logged_metrics(scores)
+        volumes, slices = gather_scores(self.scores), gather_scores(self.given)
+        scores = volumes + slices
+        flat = logged_metrics(volumes, slices)
         if flat:
             pl_module.log_dict(flat, sync_dist=False, rank_zero_only=True)
         if not trainer.is_global_zero:

@@ -103,8 +103,6 @@ def apply_overrides(conf: DictConfig, overrides: list[str] | tuple[str, ...]) ->
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value.")
-    # a W&B agent writes a sweep's YAML null as `key=None`
-    overrides = [item[: -len("None")] + "null" if item.endswith("=None") else item for item in overrides]
     chosen = [item.split("=", 1)[1].strip("'\"") for item in overrides if item.startswith("ablation=")]
     if chosen and chosen[-1] != "null":
         conf = apply_ablation(conf, chosen[-1])

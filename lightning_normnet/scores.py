@@ -94,13 +94,15 @@ def summarize(scores: list[VolumeScore]) -> dict[str, dict[str, tuple[float, flo
     return out
 
 
-def logged_metrics(scores: list[VolumeScore]) -> dict[str, float]:
+def logged_metrics(volumes: list[VolumeScore], slices: list[VolumeScore] = ()) -> dict[str, float]:
     """What a validation logs: val/<dataset>/<metric> and its _std, and val/dsc, the mean DSC over every
-    scored volume (what schedules monitor and sweeps optimise); read back from evaluation.json alike."""
+    scored volume (what schedules monitor and sweeps optimise; 2D slices, Inf-Net's COVID-SemiSeg test
+    set, count only where no volume was scored). A sweep's trial reads it back from evaluation.json."""
+    scores = list(volumes) + list(slices)
     flat = {f"val/{dataset}/{key}{suffix}": value for dataset, metrics in summarize(scores).items()
             for key, (mean, std, n) in metrics.items() if n for suffix, value in (("", mean), ("_std", std))}
     if scores:
-        flat["val/dsc"] = float(np.mean([s.dsc for s in scores]))
+        flat["val/dsc"] = float(np.mean([s.dsc for s in (volumes or slices)]))
     return flat
 
 

@@ -26,7 +26,7 @@ from lightning_normnet.models.normnet import NormNet
 from lightning_normnet.runs import sweep_folder
 from lightning_normnet.runs.ablations import write_tables
 from lightning_normnet.runs.sweep import open_study, recover_lost, take_trial
-from lightning_normnet.runs.sweep_file import read_sweep
+from lightning_normnet.runs.sweep_file import read_sweep, split_arguments
 from lightning_normnet.runs.trial import run_trial, training_key
 from lightning_normnet.scores import VolumeScore, logged_metrics, read_evaluation
 
@@ -68,7 +68,7 @@ def test_the_wandb_format_converts_to_optuna(tmp_path):
     grid = read_sweep(write_sweep(tmp_path / "g.yaml", {"experiment": {"value": "normnet_quick"},
                                                         "ablation": {"values": [None, "k_d"]},
                                                         "inference.member": {"values": [1, 2]}}))
-    assert isinstance(grid.sampler(), optuna.samplers.GridSampler)
+    assert isinstance(grid.sampler(), optuna.samplers.RandomSampler)        # a grid is queued, not sampled
     assert grid.grid() == [{"ablation": None, "inference.member": 1}, {"ablation": None, "inference.member": 2},
                            {"ablation": "k_d", "inference.member": 1}, {"ablation": "k_d", "inference.member": 2}]
     # a trial's arguments are what W&B's agent gives the same command
@@ -77,8 +77,10 @@ def test_the_wandb_format_converts_to_optuna(tmp_path):
     assert grid.arguments(params) == wandb_args["args_no_hyphens"]
     assert grid.command_line(params) == ["normnet", "trial", str(tmp_path / "g.yaml"), "experiment=normnet_quick",
                                          "ablation=None", "inference.member=2"]
-    # and the config reads W&B's None as null
-    assert load_config("normnet_quick", grid.arguments(params)[1:]).ablation is None
+    # and a trial reads W&B's None as null
+    experiment, step, overrides = split_arguments(grid, grid.arguments(params) + ["checkpoint_step=None"])
+    assert (experiment, step, overrides) == ("normnet_quick", None, ["ablation=null", "inference.member=2"])
+    assert load_config(experiment, overrides).ablation is None
 
 
 @pytest.mark.parametrize("parameters, method, message", [
@@ -207,6 +209,23 @@ def test_a_crashed_trial_fails_and_the_sweep_goes_on(tmp_path):
     assert "no finished trial yet" in out and process.returncode == 0
 
 
+def test_a_one_point_grid_runs_and_a_trial_stopped_by_a_signal_is_queued_again(tmp_path):
+    """A trial that dies of SIGTERM (a scheduler reached it before its agent) runs again; a grid of one
+    point is a sweep like any other."""
+    stop_once = ("import os, pathlib, signal, sys, json; d = pathlib.Path(sys.argv[-1]); m = d.parent / 'stopped'\n"
+                 "if not m.exists(): m.touch(); os.kill(os.getpid(), signal.SIGTERM)\n"
+                 "(d / 'trial.json').write_text(json.dumps({'status': 'finished', 'metrics': {'val/dsc': 1.0}}))")
+    sweep = write_sweep(tmp_path / "once.yaml", {"experiment": {"value": "normnet_quick"},
+                                                 "output_dir": {"value": str(tmp_path / "runs")},
+                                                 "a": {"values": [1]}},
+                        command=["${interpreter}", "-c", stop_once, "${args_no_hyphens}"])
+    process = agent(sweep)
+    out = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, out
+    assert "trial 0 was stopped (exit -15): queued again" in out and "=== trial 1: val/dsc = 1.0000" in out
+    assert states(tmp_path / "runs" / "sweeps" / "once") == [TrialState.FAIL, TrialState.COMPLETE]
+
+
 def test_a_trial_whose_agent_vanished_is_recovered(tmp_path):
     """SIGKILL leaves a RUNNING trial with a stale heartbeat: queued again, or complete if it finished."""
     sweep = read_sweep(fake_sweep(tmp_path))
@@ -282,6 +301,8 @@ def test_an_inference_only_trial_does_not_train(tmp_path, monkeypatch):
     assert load_config(str(post / "config.yaml")).postprocessing.t_d == 0.15        # its own inference settings
     scored = read_evaluation(post).last.volumes
     assert record["metrics"]["val/dsc"] == pytest.approx((scored[0].dsc + scored[1].dsc) / 2)
+    last = run_trial(path, base + ["checkpoint_step=4"])                # the last step: last.ckpt
+    assert sweep_folder.read_record(last)["checkpoint"].endswith("trial-0000/checkpoints/last.ckpt")
     step = run_trial(path, base + ["checkpoint_step=2", "inference.member=2"])
     record = sweep_folder.read_record(step)
     assert record["checkpoint"].endswith("trial-0000/checkpoints/step000002.ckpt") and record["validation_step"] == 2
@@ -299,6 +320,9 @@ def test_the_training_key_ignores_only_what_no_training_reads():
     default = key()
     assert key("ablation=k_d") == key("postprocessing.t_f=0.2") == key("inference.member=3") == default
     assert key("data.test=[folder]", "data.test_root=/x", "logging.wandb=false", "name=other") == default
+    # the U-Net stops early on its validation score: its test sets shape its training
+    unet, fewer = load_config("unet3d"), load_config("unet3d", ["data.max_test_volumes=1"])
+    assert training_key(unet, method_of(unet)) != training_key(fewer, method_of(fewer))
     assert key("ablation=fixed_a") != default and key("trainer.max_steps=5") != default
     assert key("preprocessing.edge_removal.at_inference=false") == default
     assert key("preprocessing.edge_removal.enabled=false") != default
@@ -340,15 +364,16 @@ def test_the_tables_render_from_trial_folders(tmp_path):
     fake_trial(tmp_path, 0, {"ablation": "None"}, {"coronacases": 0.70, "uestc": 0.60}, default=True)
     fake_trial(tmp_path, 1, {"ablation": "fixed_G"}, {"coronacases": 0.65, "uestc": 0.50})
     fake_trial(tmp_path, 2, {"ablation": "k_d"}, {"coronacases": 0.70, "uestc": 0.62})
+    fake_trial(tmp_path, 4, {"ablation": "k_d"}, {"coronacases": 0.71, "uestc": 0.61})       # drawn twice
     fake_trial(tmp_path, 3, {"ablation": "T_700"}, {"coronacases": 0.1}, status="running")     # not finished
     for n, (step, member, value) in enumerate([("1500", "1", 0.685), ("1500", "None", 0.689),
                                                ("2000", "1", 0.702), ("2000", "None", 0.698)]):
         fake_trial(tmp_path, 10 + n, {"checkpoint_step": step, "inference.member": member}, {"coronacases": value})
     write_tables(tmp_path)
     table = (tmp_path / "ablations.md").read_text().splitlines()
-    assert table[0] == "| dataset | fixed_G | k_d | NormNet |"
-    assert table[2] == "| coronacases | 65.0 (-5.0) | 70.0 (+0.0) | 70.0 |"
-    assert table[3] == "| uestc | 50.0 (-10.0) | 62.0 (+2.0) | 60.0 |"
+    assert table[0] == "| dataset | fixed_G | k_d (trial-0002) | k_d (trial-0004) | NormNet |"
+    assert table[2] == "| coronacases | 65.0 (-5.0) | 70.0 (+0.0) | 71.0 (+1.0) | 70.0 |"
+    assert table[3] == "| uestc | 50.0 (-10.0) | 62.0 (+2.0) | 61.0 (+1.0) | 60.0 |"
     rows = (tmp_path / "ablations.csv").read_text().splitlines()
     assert rows[0] == "dataset,column,trial,dsc,difference" and "uestc,fixed_G,trial-0001,50.0,-10.0" in rows
     voting = (tmp_path / "voting.md").read_text().splitlines()

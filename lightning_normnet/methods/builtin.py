@@ -30,7 +30,9 @@ def _normnet_ensemble(models: list[NormNet]) -> NormNet:
 register(Method(
     name="normnet", label_free=True, module=NormNet, datamodule=HealthyCTDataModule, training_data=("healthy",),
     ensemble=_normnet_ensemble,
-    inference_keys=("inference", "postprocessing", "preprocessing.edge_removal.at_inference"),
+    # its training never looks at the test sets (no early stopping), nor at how it predicts
+    inference_keys=("inference", "postprocessing", "preprocessing.edge_removal.at_inference", "data.test",
+                    "data.test_root", "data.max_test_volumes"),
     fit=lambda cfg, run: train_by_steps(run, NormNet(as_dict(cfg)))))
 
 

@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ConfigError
 from ..inference import VolumePrediction, predict_lesions
 from .base import SegmentationModule
 
@@ -60,9 +59,7 @@ class NormNet(SegmentationModule):
 
     def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> VolumePrediction:
         """The members' vote, or with `inference.member` = m that member alone (Table V's model_m)."""
-        chosen = self.cfg.inference.member
-        if chosen is not None and not 1 <= chosen <= len(self.members):
-            raise ConfigError(f"inference.member={chosen} must lie in 1..{len(self.members)} (the ensemble's members).")
+        chosen = self.cfg.inference.member       # within 1..model.members: the config checks it
         members = self.members if chosen is None else [self.members[chosen - 1]]
         return predict_lesions(members, image, lung, self.cfg.inference, self.cfg.postprocessing)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from omegaconf import OmegaConf  # noqa: E402
+
 from ..io import InputError, write_atomically, write_text  # noqa: E402
-from .sweep_file import CHECKPOINT_STEP  # noqa: E402
+from .run import wandb_online  # noqa: E402
+from .sweep_file import CHECKPOINT_STEP, NULL  # noqa: E402
 from .sweep_folder import read_record  # noqa: E402
 
 MEMBER = "inference.member"
@@ -37,13 +39,14 @@ class TrialResult:
     folder: str
     label: str
     default: bool
-    step: str | None                 # checkpoint_step, or None
-    member: str | None               # inference.member, or None
+    voting: bool                     # swept checkpoint_step or inference.member: a Table V trial
+    step: str | None                 # checkpoint_step, or None (the last)
+    member: str | None               # inference.member, or None (the vote)
     dsc: dict[str, float]            # per dataset: mean DSC over its volumes
 
 
 def _is_null(value: str | None) -> bool:
-    return value is None or value in ("None", "null")
+    return value is None or value in NULL
 
 
 def _label(parameters: dict[str, str]) -> str:
@@ -55,7 +58,8 @@ def _label(parameters: dict[str, str]) -> str:
 
 
 def finished_trials(sweep_dir: Path) -> list[TrialResult]:
-    """Every finished trial of the folder, in the order they were started."""
+    """Every finished trial of the folder, in the order they were started; two trials of the same swept
+    settings (a bayes search may draw a point twice) are told apart by their folder."""
     results = []
     for folder in sorted(p for p in sweep_dir.glob("trial-*") if p.is_dir()):
         record = read_record(folder)
@@ -65,9 +69,13 @@ def finished_trials(sweep_dir: Path) -> list[TrialResult]:
         dsc = {key.split("/")[1]: value for key, value in record["metrics"].items()
                if key.count("/") == 2 and key.endswith("/dsc")}
         step, member = parameters.get(CHECKPOINT_STEP), parameters.get(MEMBER)
-        results.append(TrialResult(folder.name, _label(parameters),
-                                   record.get("default", False), None if _is_null(step) else step,
-                                   None if _is_null(member) else member, dsc))
+        results.append(TrialResult(folder.name, _label(parameters), record.get("default", False),
+                                   CHECKPOINT_STEP in parameters or MEMBER in parameters,
+                                   None if _is_null(step) else step, None if _is_null(member) else member, dsc))
+    labels = [(r.label, r.step, r.member) for r in results]
+    for result, key in zip(results, labels):
+        if labels.count(key) > 1:
+            result.label = f"{result.label} ({result.folder})"
     return results
 
 
@@ -86,9 +94,8 @@ def _save(figure, path: Path) -> None:
 
 def table4(trials: list[TrialResult], out: Path) -> str:
     """Table IV: markdown, CSV and heat map in `out`; returns the markdown."""
-    columns = {t.label: t for t in trials}                    # one per label, the latest
-    default = next((t for t in columns.values() if t.default), None)
-    order = [t for t in columns.values() if t is not default] + ([default] if default else [])
+    default = next((t for t in trials if t.default), None)
+    order = [t for t in trials if t is not default] + ([default] if default else [])
     datasets = sorted({d for t in order for d in t.dsc})
     header = [t.label if t is not default else DEFAULT_COLUMN for t in order]
     lines = ["| dataset | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
@@ -179,32 +186,28 @@ def write_tables(sweep_dir: str | Path, out: str | Path | None = None) -> str:
     trials = finished_trials(sweep_dir)
     if not trials:
         raise InputError(f"{sweep_dir}: no finished trial (trial-*/trial.json) to tabulate yet.")
-    voting = [t for t in trials if t.step is not None or t.member is not None]
-    ablation = [t for t in trials if t not in voting]
+    voting = [t for t in trials if t.voting]
+    ablation = [t for t in trials if not t.voting]
     text = []
     if ablation:
         text.append(f"Ablations ({out / 'ablations.md'}):\n{table4(ablation, out)}")
     if voting:
         text.append(f"Voting ({out / 'voting.md'}):\n{table5(voting, out)}")
-    _log_to_wandb(sweep_dir, out, bool(ablation), bool(voting))
+    _log_to_wandb(trials, sweep_dir, out, bool(ablation), bool(voting))
     report = "\n".join(text)
     print(report)
     return report
 
 
-def _log_to_wandb(sweep_dir: Path, out: Path, ablation: bool, voting: bool) -> None:
-    """The tables and figures as one W&B run of the sweep's group, when a key is set."""
-    if not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "offline":
+def _log_to_wandb(trials: list[TrialResult], sweep_dir: Path, out: Path, ablation: bool, voting: bool) -> None:
+    """The tables and figures as one W&B run in the sweep's group and project, when a key is set."""
+    if not wandb_online():
         return
     import wandb
 
-    from ..config import load_config
-    from .sweep_file import EXPERIMENT, read_sweep
-
-    sweep = read_sweep(sweep_dir / "sweep.yaml")
-    project = load_config(str(sweep.constants[EXPERIMENT])).logging.project
-    run = wandb.init(project=project, group=sweep.name, job_type="ablations", name=f"{sweep.name}-tables",
-                     dir=str(out))
+    logging = OmegaConf.load(sweep_dir / trials[0].folder / "config.yaml").logging
+    run = wandb.init(project=logging.project, group=logging.group, job_type="ablations",
+                     name=f"{logging.group or sweep_dir.name}-tables", dir=str(out))
     for name, present in (("ablations", ablation), ("voting", voting)):
         if present:
             with open(out / f"{name}.csv") as table:

@@ -72,6 +72,11 @@ def use_offline_wandb_unless_keyed() -> None:
         os.environ["WANDB_MODE"] = "offline"
 
 
+def wandb_online() -> bool:
+    """Whether W&B is to be reached: a key is set (WANDB_API_KEY) and WANDB_MODE is not offline or disabled."""
+    return bool(os.environ.get("WANDB_API_KEY")) and os.environ.get("WANDB_MODE") not in ("offline", "disabled")
+
+
 @dataclass
 class Run:
     cfg: DictConfig

@@ -28,10 +28,12 @@ from optuna.trial import TrialState
 from ..config import ConfigError, load_config
 from ..io import write_text
 from . import sweep_folder as shared
+from .run import wandb_online
 from .sweep_file import EXPERIMENT, Sweep, read_sweep
 
 QUEUED = "queued_grid"         # study attribute: the grid the study was created with (queued once)
 RETRY_OF = "retry_of"          # trial attribute: the number of the stopped trial it runs again
+STOPPED_CODES = (-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT)
 
 
 class Stopped(Exception):
@@ -52,7 +54,7 @@ def open_study(sweep: Sweep, folder: Path) -> optuna.Study:
     storage = JournalStorage(JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal)))
     with shared.sweep_lock(folder):
         study = optuna.create_study(study_name=sweep.name, storage=storage, sampler=sweep.sampler(),
-                                    direction=sweep.direction, load_if_exists=True)
+                                    direction=sweep.goal, load_if_exists=True)
         if sweep.method == "grid":
             grid = [sorted((k, repr(v)) for k, v in point.items()) for point in sweep.grid()]
             if QUEUED not in study.user_attrs:
@@ -66,14 +68,27 @@ def open_study(sweep: Sweep, folder: Path) -> optuna.Study:
 
 
 def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial) -> None:
+    """The trial's parameters queued again, marked as a retry of it. Called under the sweep's lock."""
     study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+
+
+def _fail_and_requeue(study: optuna.Study, trial: optuna.Trial, folder: Path) -> None:
+    """A stopped trial: failed and queued again, unless another agent recorded it meanwhile."""
+    with shared.sweep_lock(folder):
+        if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+            study.tell(trial, state=TrialState.FAIL)
+            _requeue(study, trial)
+
+
+def _run_folder(folder: Path, trial: optuna.trial.FrozenTrial | optuna.Trial) -> Path:
+    return folder / f"trial-{trial.number:04d}"
 
 
 def recover_lost(study: optuna.Study, folder: Path, metric: str, stale_after: float) -> None:
     """RUNNING trials whose process is gone: complete if their folder says they finished, else failed and
     queued again. Called under the sweep's lock."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        run_dir = folder / trial.user_attrs.get("folder", f"trial-{trial.number:04d}")
+        run_dir = _run_folder(folder, trial)
         started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
         if shared.is_alive(run_dir, stale_after) or time.time() - started <= stale_after:
             continue
@@ -92,14 +107,20 @@ def take_trial(study: optuna.Study, sweep: Sweep, folder: Path, stale_after: flo
     with shared.sweep_lock(folder):
         recover_lost(study, folder, sweep.metric, stale_after)
         trials = study.get_trials(deepcopy=False)
-        waiting = [t for t in trials if t.state == TrialState.WAITING]
-        if not waiting:
+        if not any(t.state == TrialState.WAITING for t in trials):
             counted = [t for t in trials if t.state != TrialState.FAIL]
             if sweep.method == "grid" or (sweep.run_cap is not None and len(counted) >= sweep.run_cap):
                 return None
-        trial = study.ask(dict(sweep.space))
-        trial.set_user_attr("folder", f"trial-{trial.number:04d}")
-        return trial
+        return study.ask(dict(sweep.space))
+
+
+def _silent_elsewhere(study: optuna.Study, folder: Path) -> bool:
+    """Whether a trial of another agent has missed two heartbeats: it may be lost, so wait and see
+    (recover_lost takes it once STALE_AFTER has passed) before leaving the sweep."""
+    quiet = 2 * shared.HEARTBEAT_SECONDS
+    return any(not shared.is_alive(_run_folder(folder, t), quiet) and t.datetime_start is not None
+               and time.time() - t.datetime_start.timestamp() > quiet
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def _environment() -> dict[str, str]:
@@ -109,24 +130,27 @@ def _environment() -> dict[str, str]:
 
 
 def run_one(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, folder: Path) -> bool:
-    """The trial's command in a child process; its result told to the study. False if it failed."""
-    run_dir = folder / f"trial-{trial.number:04d}"
+    """The trial's command in a child process (a session of its own, so a stop reaches all its processes,
+    DDP ranks too); its result told to the study. False if it failed or was stopped."""
+    run_dir = _run_folder(folder, trial)
     run_dir.mkdir(parents=True, exist_ok=True)
     command = sweep.command_line(trial.params) + ["--run-dir", str(run_dir)]
     print(f"\n=== trial {trial.number}: {' '.join(sweep.arguments(trial.params))}", flush=True)
-    child = subprocess.Popen(command, env=_environment())
+    child = subprocess.Popen(command, env=_environment(), start_new_session=True)
     try:
         code = child.wait()
     except Stopped:
-        child.terminate()
+        _fail_and_requeue(study, trial, folder)       # first: a scheduler may kill this agent soon
+        os.killpg(child.pid, signal.SIGTERM)
         try:
             child.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            child.kill()
-        with shared.sweep_lock(folder):
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            _requeue(study, trial)
+            os.killpg(child.pid, signal.SIGKILL)
         raise
+    if code in STOPPED_CODES:                          # the signal reached the trial first
+        _fail_and_requeue(study, trial, folder)
+        print(f"=== trial {trial.number} was stopped (exit {code}): queued again", flush=True)
+        return False
     record = shared.read_record(run_dir) or {}
     value = record.get("metrics", {}).get(sweep.metric) if code == 0 else None
     with shared.sweep_lock(folder):     # (an agent that took it for lost may have recorded it already)
@@ -142,11 +166,15 @@ def run_one(study: optuna.Study, trial: optuna.Trial, sweep: Sweep, folder: Path
 
 def run_offline(sweep: Sweep, folder: Path, count: int | None, stale_after: float = shared.STALE_AFTER) -> None:
     study = open_study(sweep, folder)
+    write_text(folder / "sweep.yaml", sweep.path.read_text())
     ran = 0
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while count is None or ran < count:
             trial = take_trial(study, sweep, folder, stale_after)
+            if trial is None and _silent_elsewhere(study, folder):
+                time.sleep(shared.HEARTBEAT_SECONDS)
+                continue
             if trial is None:
                 break
             run_one(study, trial, sweep, folder)
@@ -180,8 +208,13 @@ def run_wandb(sweep: Sweep, folder: Path, count: int | None) -> None:
         else:
             sweep_id = wandb.sweep(sweep.raw, project=project)
             write_text(id_file, sweep_id + "\n")
-    os.environ["PATH"] = _environment()["PATH"]      # the agent starts `normnet trial` from this environment
-    wandb.agent(sweep_id, project=project, count=count)
+            write_text(folder / "sweep.yaml", sweep.path.read_text())
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = _environment()["PATH"]      # W&B's agent starts `normnet trial` from os.environ
+    try:
+        wandb.agent(sweep_id, project=project, count=count)
+    finally:
+        os.environ["PATH"] = path
 
 
 def sweep(path: str | Path, count: int | None = None) -> Path:
@@ -190,8 +223,7 @@ def sweep(path: str | Path, count: int | None = None) -> Path:
 
     spec = read_sweep(path)
     folder = spec.folder()
-    write_text(folder / "sweep.yaml", spec.path.read_text())
-    if os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") != "offline":
+    if wandb_online():
         run_wandb(spec, folder, count)
     else:
         run_offline(spec, folder, count)

@@ -2,7 +2,7 @@
 runs offline on Optuna, and what each `normnet trial` reads back.
 
     name: smoke                     (default: the file's stem)
-    method: grid | random | bayes   (Optuna: GridSampler | RandomSampler | TPESampler)
+    method: grid | random | bayes   (offline: the grid queued whole | RandomSampler | TPESampler)
     metric: {name: val/dsc, goal: maximize}
     run_cap: 60                     (optional: at most this many trials in all)
     command: [normnet, trial, experiments/sweeps/smoke.yaml, "${args_no_hyphens}"]
@@ -36,6 +36,7 @@ CHECKPOINT_STEP = "checkpoint_step"  # evaluate the training's checkpoint of thi
 METHODS = ("grid", "random", "bayes")
 DISTRIBUTIONS = ("categorical", "uniform", "int_uniform", "q_uniform", "log_uniform_values")
 MACROS = ("${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}", "${args_json}")
+NULL = ("None", "null")             # how a trial's argument says null (W&B's agent, and YAML)
 WANDB_DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 
 
@@ -53,10 +54,6 @@ class Sweep:
     run_cap: int | None = None
     raw: dict = field(default_factory=dict, repr=False)   # the file as read: what wandb.sweep is given
 
-    @property
-    def direction(self) -> str:
-        return "maximize" if self.goal == "maximize" else "minimize"
-
     def folder(self) -> Path:
         """<output_dir>/sweeps/<name>: the study, the trials' run folders, the trainings they share, the tables."""
         output_dir = self.constants.get("output_dir")
@@ -68,11 +65,10 @@ class Sweep:
         return Path(output_dir) / "sweeps" / self.name
 
     def sampler(self) -> optuna.samplers.BaseSampler:
-        if self.method == "grid":
-            return optuna.samplers.GridSampler({k: list(d.choices) for k, d in self.space.items()})
-        if self.method == "random":
-            return optuna.samplers.RandomSampler()
-        return optuna.samplers.TPESampler()
+        """TPE for bayes, else random. A grid samples nothing: it is queued whole (`grid`) and taken in
+        order, which is what Optuna's GridSampler visits, without the repeats its documentation warns of
+        when several workers share a study."""
+        return optuna.samplers.TPESampler() if self.method == "bayes" else optuna.samplers.RandomSampler()
 
     def grid(self) -> list[dict[str, Any]]:
         """Every combination of a grid sweep's values, the first parameter varying slowest."""
@@ -187,9 +183,9 @@ def split_arguments(sweep: Sweep, arguments: list[str]) -> tuple[str, int | None
         if key == EXPERIMENT:
             experiment = value
         elif key == CHECKPOINT_STEP:
-            step = None if value in ("None", "null") else _as_step(sweep, value)
-        else:
-            overrides.append(item)
+            step = None if value in NULL else _as_step(sweep, value)
+        else:                             # W&B's agent writes a YAML null as None
+            overrides.append(f"{key}=null" if value in NULL else item)
     return experiment or str(sweep.constants[EXPERIMENT]), step, overrides
 
 

@@ -2,10 +2,10 @@
 run (W&B's agent, or `normnet sweep` offline). The trial is an ordinary run folder in the sweep's folder,
 with trial.json beside: its arguments, the training it used, its state and its logged metrics.
 
-No needless training: a trial's settings, less the keys that only change how a trained model predicts
-(the method's `inference_keys`, and what no method trains on: names, logging, the test sets), make its
-training key. The first trial of a key trains; the others evaluate that training's checkpoint with their
-own inference settings, waiting while it trains. `checkpoint_step=S` scores the checkpoint saved at
+No needless training: a trial's settings, less its names and logging and the keys that only change how
+a trained model predicts (the method's `inference_keys`), make its training key. The first trial of a
+key trains; the others evaluate that training's checkpoint with their own inference settings, waiting
+while it trains. `checkpoint_step=S` scores the checkpoint saved at
 step S instead of the last (Table V); `inference.member=m` scores member m alone.
 """
 from __future__ import annotations
@@ -25,10 +25,9 @@ from ..methods.fitting import as_dict
 from ..scores import logged_metrics, read_evaluation
 from . import sweep_folder as shared
 from .run import Run, launched_rank, new_folder, open_run_folder
-from .sweep_file import CHECKPOINT_STEP, EXPERIMENT, Sweep, read_sweep, split_arguments
+from .sweep_file import CHECKPOINT_STEP, Sweep, read_sweep, split_arguments
 
-# what no method's training reads: a trial that differs from another only here shares its training
-NOT_TRAINED_ON = ("name", "ablation", "output_dir", "logging", "data.test", "data.test_root", "data.max_test_volumes")
+# how a run is named and logged: no method's weights depend on it
 NAMING = ("name", "ablation", "output_dir", "logging")
 
 
@@ -45,13 +44,14 @@ def _without(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
 
 def training_key(cfg: DictConfig, method: Method) -> str:
     """What the weights depend on, hashed: equal for trials that differ only in inference settings."""
-    settings = _without(cfg, NOT_TRAINED_ON + method.inference_keys)
+    settings = _without(cfg, NAMING + method.inference_keys)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _checkpoint(training: Path, step: int | None) -> Path:
-    """The training's last checkpoint, or the one it saved at `step`."""
-    return training / "checkpoints" / ("last.ckpt" if step is None else f"step{step:06d}.ckpt")
+def _checkpoint(training: Path, cfg: DictConfig, step: int | None) -> Path:
+    """The training's checkpoint of `step`: last.ckpt for the last step (or none named)."""
+    last = step is None or step == cfg.trainer.max_steps
+    return training / "checkpoints" / ("last.ckpt" if last else f"step{step:06d}.ckpt")
 
 
 def _check_step(sweep: Sweep, cfg: DictConfig, step: int | None) -> None:
@@ -70,8 +70,7 @@ def _stop_on_sigterm(signum, _frame) -> None:
 
 def _is_default(sweep: Sweep, experiment: str, cfg: DictConfig, step: int | None) -> bool:
     """Whether the trial runs the experiment with the sweep's constants alone: the tables' reference."""
-    constants = [a for a in sweep.arguments({}) if a.split("=", 1)[0] not in (EXPERIMENT, CHECKPOINT_STEP)]
-    reference = load_config(experiment, constants)
+    reference = load_config(experiment, split_arguments(sweep, sweep.arguments({}))[2])
     return _without(cfg, NAMING) == _without(reference, NAMING) and step in (None, cfg.trainer.max_steps)
 
 
@@ -87,10 +86,21 @@ def run_trial(sweep_path: str | Path, arguments: list[str], run_dir: str | Path 
     if launched_rank():       # a DDP rank Lightning launched: do as the trial's first rank planned
         run = Run(cfg, method, open_run_folder(cfg, "trial"))
         plan = shared.read_record(run.dir)
-        _train(run) if folder / plan["trained_in"] == run.dir else _evaluate(run, Path(plan["checkpoint"]))
+        _train(run) if plan["trains_here"] else _evaluate(run, Path(plan["checkpoint"]))
         return run.dir
     run = Run(cfg, method, open_run_folder(cfg, "trial", Path(run_dir) if run_dir else new_folder(folder, "trial")))
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        _run_planned(run, sweep, experiment, arguments, step, key, stale_after)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return run.dir
+
+
+def _run_planned(run: Run, sweep: Sweep, experiment: str, arguments: list[str], step: int | None, key: str,
+                 stale_after: float) -> None:
+    """Claim the training of `key` or wait for it, train or evaluate, and keep trial.json up to date."""
+    cfg, folder = run.cfg, sweep.folder()
     swept = dict(a.split("=", 1) for a in arguments if a.split("=", 1)[0] in sweep.space)
     record = {"sweep": sweep.name, "experiment": experiment, "arguments": list(arguments), "parameters": swept,
               CHECKPOINT_STEP: step, "training_key": key, "status": "running",
@@ -99,7 +109,8 @@ def run_trial(sweep_path: str | Path, arguments: list[str], run_dir: str | Path 
         shared.write_record(run.dir, record)
         training = shared.claim_training(folder, key, run.dir, stale_after)
         if training is None:
-            record.update(trained_in=os.path.relpath(run.dir, folder), checkpoint=str(_checkpoint(run.dir, step)))
+            record.update(trains_here=True, trained_in=os.path.relpath(run.dir, folder),
+                          checkpoint=str(_checkpoint(run.dir, cfg, step)))
             shared.write_record(run.dir, record)
             try:
                 _train(run)
@@ -109,10 +120,10 @@ def run_trial(sweep_path: str | Path, arguments: list[str], run_dir: str | Path 
             shared.finish_training(folder, key, run.dir)
             validation = _validation_at(run.dir, step)
         else:
-            checkpoint = _checkpoint(training, step)
+            checkpoint = _checkpoint(training, cfg, step)
             if not checkpoint.is_file():
                 raise ConfigError(f"{checkpoint}: the training saved no checkpoint at step {step}.")
-            record.update(trained_in=os.path.relpath(training, folder), checkpoint=str(checkpoint))
+            record.update(trains_here=False, trained_in=os.path.relpath(training, folder), checkpoint=str(checkpoint))
             shared.write_record(run.dir, record)
             _evaluate(run, checkpoint)
             validation = read_evaluation(run.dir).last
@@ -121,7 +132,6 @@ def run_trial(sweep_path: str | Path, arguments: list[str], run_dir: str | Path 
         shared.write_record(run.dir, record)
     source = "trained here" if training is None else f"weights of {record['trained_in']}"
     print(f"trial {run.dir.name}: {sweep.metric} = {record['metrics'].get(sweep.metric)} ({source})")
-    return run.dir
 
 
 def _train(run: Run) -> None:
