@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXP    ?= normnet
+# `make train experiment=X` means EXP=X
+EXP    ?= $(or $(experiment),normnet)
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 

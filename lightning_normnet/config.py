@@ -10,9 +10,10 @@ which ones a method may have, and their values, the method registry checks
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
 from .datasets import HEALTHY_SETS, TEST_SETS
@@ -45,6 +46,7 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     base = conf.pop("base", None)
     if base is None:
         OmegaConf.set_struct(conf, True)
+        OmegaConf.set_struct(conf.trainer, False)   # any Lightning Trainer argument (runs.run checks them)
         return conf
     base_path = resolve_experiment(str(base)) if not Path(base).is_absolute() else Path(base)
     try:
@@ -108,11 +110,52 @@ def apply_overrides(conf: DictConfig, overrides: list[str] | tuple[str, ...]) ->
         conf = apply_ablation(conf, chosen[-1])
         overrides = [item for item in overrides if not item.startswith("ablation=")]
     try:
-        conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
     except ConfigKeyError as err:
-        raise ConfigError(f"unknown configuration key {err.full_key!r} in the overrides.") from None
-    validate(conf)
-    return conf
+        keys = [item.split("=", 1)[0] for item in overrides]
+        wrong = next((k for k in keys if k == err.full_key or k.startswith(err.full_key + ".")), err.full_key)
+        raise ConfigError(f"unknown configuration key {wrong!r} in the overrides"
+                          f"{did_you_mean(wrong, _dotted_keys(conf))}") from None
+    for item in overrides:
+        _check_type(conf, merged, item.split("=", 1)[0])
+    validate(merged)
+    return merged
+
+
+def did_you_mean(key: str, known: list[str]) -> str:
+    """'; did you mean <the nearest known key>?', or '.' when none is near."""
+    near = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"; did you mean {near[0]}?" if near else "."
+
+
+def _dotted_keys(conf: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in conf.items():
+        keys += _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, DictConfig) else [f"{prefix}{key}"]
+    return keys
+
+
+def _kind(value) -> str | None:
+    """A value's type as the configuration knows it (None: null, which any key may be set to)."""
+    if value is None:
+        return None
+    for kind, types in (("true or false", bool), ("an integer", int), ("a number", float), ("a string", str),
+                        ("a list", ListConfig), ("a group", DictConfig)):
+        if isinstance(value, types):
+            return kind
+    return type(value).__name__
+
+
+def _check_type(before: DictConfig, after: DictConfig, key: str) -> None:
+    """An override keeps the type of the value it replaces (a number may replace an integer's place only
+    where the default is a number): `data.batch_size=abc` is refused here, not mid-run."""
+    if key.startswith("trainer.") and key.split(".", 1)[1] not in SCHEDULE_KEYS:
+        return    # Lightning's own arguments (devices: "auto", 2 or [0, 1]): Lightning checks them (runs.run)
+    old, new = OmegaConf.select(before, key, default=None), OmegaConf.select(after, key, default=None)
+    expected, found = _kind(old), _kind(new)
+    if expected is None or found is None or expected == found or (expected, found) == ("a number", "an integer"):
+        return
+    raise ConfigError(f"{key}={new!r} must be {expected}, like its default {old!r}.")
 
 
 def _check_range(conf: DictConfig, key: str, low_bound: float = 0.0) -> None:
@@ -121,8 +164,52 @@ def _check_range(conf: DictConfig, key: str, low_bound: float = 0.0) -> None:
         raise ConfigError(f"{key}={list(value)} must be [low, high] with {low_bound} <= low <= high.")
 
 
+# trainer.* keys that the step schedule reads (methods.fitting); every other trainer.* key is a Lightning
+# Trainer argument, checked by Lightning (runs.run.check_trainer)
+SCHEDULE_KEYS = ("max_steps", "val_check_interval")
+FRACTIONS = ("inference.healthy_probability", "lesions.large_probability", "lesions.sigma_b_small_probability",
+             "target.tau", "postprocessing.tau", "postprocessing.t_d", "postprocessing.t_f",
+             "preprocessing.edge_removal.threshold", "preprocessing.edge_removal.min_fraction")
+POSITIVE_LISTS = ("preprocessing.spacing", "data.phantom.spacing", "data.phantom.size", "data.slab", "inference.roi",
+                  "preprocessing.in_plane_size")
+
+
+def _number(conf: DictConfig, key: str):
+    """The number at `key`, or a sentence saying it is not one (a file may hold any type)."""
+    value = OmegaConf.select(conf, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r} must be a number.")
+    return value
+
+
+def _check_ranges(conf: DictConfig) -> None:
+    """Values with no meaning: probabilities and thresholds outside [0, 1], sizes and spacings that are not
+    positive, a window upside down, fewer than one step or sample."""
+    for key in FRACTIONS:
+        if not 0 <= _number(conf, key) <= 1:
+            raise ConfigError(f"{key}={OmegaConf.select(conf, key)} must lie in [0, 1].")
+    for key in POSITIVE_LISTS:
+        values = OmegaConf.select(conf, key)
+        if not isinstance(values, ListConfig) or not all(isinstance(v, (int, float)) and v > 0 for v in values):
+            raise ConfigError(f"{key}={values} must be positive on every axis.")
+    for key in ("preprocessing.spacing", "data.phantom.spacing", "data.phantom.size"):
+        if len(OmegaConf.select(conf, key)) != 3:
+            raise ConfigError(f"{key}={list(OmegaConf.select(conf, key))} must have 3 values (x, y, z).")
+    low, high = _number(conf, "preprocessing.window.0"), _number(conf, "preprocessing.window.1")
+    if not low < high:
+        raise ConfigError(f"preprocessing.window={[low, high]} must be [low, high] HU with low < high.")
+    for key in [f"trainer.{k}" for k in SCHEDULE_KEYS] + ["data.batch_size"]:
+        if _number(conf, key) < 1:
+            raise ConfigError(f"{key}={OmegaConf.select(conf, key)} must be at least 1.")
+    if _number(conf, "data.num_workers") < 0:
+        raise ConfigError(f"data.num_workers={conf.data.num_workers} must be 0 or more.")
+    if not 0 <= _number(conf, "inference.overlap") < 1:
+        raise ConfigError(f"inference.overlap={conf.inference.overlap} must lie in [0, 1).")
+
+
 def validate(conf: DictConfig) -> None:
     """Reject values that would fail late (mid-training) or silently do the wrong thing."""
+    _check_ranges(conf)
     for key in ("lesions.small_count", "lesions.medium_count", "lesions.small_semi_axes",
                 "lesions.medium_semi_axes", "lesions.large_semi_axes", "lesions.sigma_a",
                 "lesions.a_range", "lesions.sigma_b_small", "lesions.sigma_b_large", "lesions.mu0",

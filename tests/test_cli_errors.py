@@ -13,9 +13,14 @@ def test_predict_with_a_missing_checkpoint(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_unknown_override_on_the_command_line(capsys):
-    assert main(["train", "normnet_quick", "trainer.max_stepz=3"]) == 2
-    assert "unknown configuration key 'trainer.max_stepz'" in capsys.readouterr().err
+def test_unknown_override_on_the_command_line(capsys, tmp_path):
+    assert main(["train", "normnet_quick", f"output_dir={tmp_path / 'runs'}", "trainer.max_stepz=3"]) == 2
+    assert "trainer.max_stepz is not a Lightning Trainer argument; did you mean trainer.max_steps?" in \
+        capsys.readouterr().err
+    assert main(["train", "normnet_quick", "lesions.mu_0=[0.4,0.8]"]) == 2
+    assert "unknown configuration key 'lesions.mu_0' in the overrides; did you mean lesions.mu0?" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_prepare_names_skipped_files_and_refuses_an_empty_cache(tmp_path, capsys):

@@ -30,8 +30,11 @@ def test_overrides_reach_any_key():
 
 
 def test_unknown_override_key_is_an_error():
-    with pytest.raises(ConfigError, match="trainer.max_step"):
-        load_config("normnet", ["trainer.max_step=10"])
+    with pytest.raises(ConfigError, match="model.member'.*did you mean model.members"):
+        load_config("normnet", ["model.member=10"])
+    from lightning_normnet.runs.run import check_trainer      # trainer.* is checked against Lightning's Trainer
+    with pytest.raises(ConfigError, match="trainer.max_step is not .* did you mean trainer.max_steps"):
+        check_trainer(load_config("normnet", ["trainer.max_step=10"]))
 
 
 def test_unknown_key_in_an_experiment_file_is_an_error(tmp_path):
@@ -150,3 +153,59 @@ def test_an_ablation_applies_once_wherever_it_is_named(tmp_path):
     OmegaConf.save(load_config("normnet", ["ablation=fixed_G", "lesions.rotation=true"]), tmp_path / "config.yaml")
     again = load_config(str(tmp_path / "config.yaml"))
     assert again.lesions.rotation and again.name == "normnet-fixed_G"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=abc", "data.batch_size='abc' must be an integer, like its default 2"),
+    ("lesions.elastic=3", "lesions.elastic=3 must be true or false"),
+    ("model.lr=fast", "model.lr='fast' must be a number"),
+    ("data.slab=8", "data.slab=8 must be a list"),
+    ("trainer.max_steps=-5", "trainer.max_steps=-5 must be at least 1"),
+    ("trainer.max_steps=abc", "trainer.max_steps='abc' must be an integer"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval=0 must be at least 1"),
+    ("inference.healthy_probability=1.5", r"inference.healthy_probability=1.5 must lie in \[0, 1\]"),
+    ("postprocessing.t_d=-0.1", r"postprocessing.t_d=-0.1 must lie in \[0, 1\]"),
+    ("preprocessing.window=[100,-800]", "low < high"),
+    ("preprocessing.spacing=[0.8,0.0,1.0]", "must be positive on every axis"),
+    ("inference.roi=[0,128,128]", "inference.roi=.* must be positive"),
+    ("postprocesing.k_d=3", "did you mean postprocessing.k_d"),
+    ("trainr.max_steps=3", "did you mean trainer.max_steps"),
+    ("data.batch_size=null", "data.batch_size=None must be a number"),
+    ("preprocessing.spacing=[1.0,1.0]", "must have 3 values"),
+    ("inference.overlap=1.0", r"inference.overlap=1.0 must lie in \[0, 1\)"),
+])
+def test_a_wrong_type_or_impossible_value_is_refused_in_one_sentence(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("normnet_quick", [override])
+
+
+def test_a_number_may_stand_where_a_number_is_and_null_where_a_key_allows_it():
+    cfg = load_config("normnet_quick", ["postprocessing.t_d=1", "datasets.uestc.max_z_spacing_mm=null",
+                                        "trainer.gradient_clip_val=1.0", "trainer.devices=2"])   # Lightning's types
+    assert cfg.postprocessing.t_d == 1 and cfg.datasets.uestc.max_z_spacing_mm is None
+    assert cfg.trainer.gradient_clip_val == 1.0
+
+
+def test_every_lightning_trainer_argument_passes_and_a_misspelt_one_is_refused(tmp_path):
+    from lightning_normnet.cli import main
+    from lightning_normnet.methods import method_of
+    from lightning_normnet.runs.run import Run
+
+    cfg = load_config("normnet_quick", ["trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=2",
+                                        "trainer.limit_train_batches=3", "logging.wandb=false"])
+    trainer = Run(cfg, method_of(cfg), tmp_path).trainer(evaluate=False)
+    assert (trainer.gradient_clip_val, trainer.accumulate_grad_batches, trainer.limit_train_batches) == (1.0, 2, 3)
+    out = tmp_path / "runs"
+    for wrong in ("trainer.gradent_clip_val=1.0", "trainer.precision=17-mixed", "trainer.callbacks=[]",
+                  "trainer.max_epochs=3"):
+        assert main(["train", "normnet_quick", f"output_dir={out}", wrong]) == 2
+    assert not out.exists()                              # refused before any folder was made
+
+
+def test_make_train_takes_experiment_as_exp():
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    dry = subprocess.run(["make", "-n", "-W", ".venv/.installed", "train", "experiment=normnet_quick"], cwd=root,
+                         capture_output=True, text=True).stdout
+    assert dry.strip().splitlines()[-1].split()[:3] == [".venv/bin/normnet", "train", "normnet_quick"]

@@ -22,12 +22,13 @@ from ..io import write_text
 from ..methods import REGISTRY, method_of
 from ..metrics import METRIC_KEYS
 from ..scores import SCHEMA, VolumeScore, as_rows, finite, format_table, read_evaluation, summarize
-from .run import Run, open_run_folder
+from .run import Run, check_trainer, open_run_folder
 
 
 def cross_validate(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: str | None = None) -> Path:
     cfg = load_config(experiment, overrides)
     method = method_of(cfg)
+    check_trainer(cfg)
     if method.cv_items is None:
         able = ", ".join(sorted(m.name for m in REGISTRY.values() if m.cv_items is not None))
         raise ConfigError(f"cv splits the labelled data a method is trained on; {method.name} is trained on none "

@@ -8,6 +8,8 @@ the folder their parent chose through LAUNCH_VARIABLE, the one thing handed acro
 """
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import time
 import warnings
@@ -17,17 +19,52 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.dataset_summary import DatasetSummary
 from callbacks.volume_evaluation import VolumeEvaluation
 
+from ..config import SCHEDULE_KEYS, ConfigError, did_you_mean
 from ..methods import Method
 from ..scores import Evaluation
 
 LAUNCH_VARIABLE = "NORMNET_RUN_DIR"
 # the run folder is ours and holds config.yaml before any logger starts: nothing of a logger's is deleted
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+
+# Trainer arguments the run and the methods' schedules set themselves
+RUN_OWNED = ("logger", "callbacks", "default_root_dir", "enable_progress_bar", "enable_checkpointing", "max_epochs",
+             "check_val_every_n_epoch", "reload_dataloaders_every_n_epochs")
+
+
+def trainer_settings(cfg: DictConfig) -> dict:
+    """trainer.* as Lightning Trainer arguments: every key but the step schedule's."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in SCHEDULE_KEYS}
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """trainer.* against Lightning's own Trainer, before anything is written: a key that is not one of its
+    arguments is refused naming the nearest one, and values it would refuse are refused now."""
+    accepted = [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
+    for key in cfg.trainer:
+        if key in RUN_OWNED:
+            raise ConfigError(f"trainer.{key} is set by the run itself (its loggers, callbacks, folder, and the "
+                              "epochs of the baselines, which their own groups hold).")
+        if key not in accepted and key not in SCHEDULE_KEYS:
+            raise ConfigError(f"trainer.{key} is not a Lightning Trainer argument"
+                              f"{did_you_mean(f'trainer.{key}', [f'trainer.{a}' for a in accepted])}")
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)        # no "GPU available" lines for a dry construction
+    try:       # Lightning's checks of the values (precision, accelerator, devices, strategy, ...)
+        L.Trainer(**trainer_settings(cfg), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    except (ValueError, TypeError, MisconfigurationException, RuntimeError, ImportError) as err:
+        raise ConfigError(f"trainer settings refused by Lightning: {str(err).splitlines()[0]}") from None
+    finally:
+        lightning_log.setLevel(level)
 
 
 def launched_rank() -> bool:
@@ -88,7 +125,7 @@ class Run:
         """The Trainer of this run. With `evaluate`: loggers (CSV, W&B), the scoring of data.test and the
         datasets' summary (listing the training sets too when `training`); without: a quiet fit with no
         validation (Semi-Inf-Net's rounds). The evaluation files start anew with each evaluating Trainer."""
-        cfg, t = self.cfg, self.cfg.trainer
+        cfg = self.cfg
         loggers, extra = False, list(callbacks or [])
         if evaluate:
             loggers = [CSVLogger(save_dir=str(self.dir), name="", version="")]
@@ -103,10 +140,8 @@ class Run:
                       VolumeEvaluation(evaluation, cfg.logging.overlays)]
         else:
             options.setdefault("limit_val_batches", 0)
-        settings = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
-                        logger=loggers, callbacks=extra + [RichProgressBar()], log_every_n_steps=t.log_every_n_steps,
-                        num_sanity_val_steps=t.num_sanity_val_steps, default_root_dir=str(self.dir))
-        settings.update(options)
+        settings = {**trainer_settings(cfg), "logger": loggers, "callbacks": extra + [RichProgressBar()],
+                    "default_root_dir": str(self.dir), **options}
         return L.Trainer(**settings)
 
     def _sources(self, training: bool) -> list[tuple[str, str]]:

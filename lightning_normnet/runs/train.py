@@ -10,12 +10,14 @@ from ..config import ConfigError, load_config
 from ..datasets import discover
 from ..datasets.cache import prepare_cases
 from ..methods import method_of
-from .run import Run, open_run_folder
+from .run import Run, check_trainer, launched_rank, open_run_folder
 
 
 def train(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: str | None = None) -> Path:
     cfg = load_config(experiment, overrides)
     method = method_of(cfg)
+    if not launched_rank():       # checked once, by the process the user started
+        check_trainer(cfg)
     L.seed_everything(cfg.seed, workers=True)
     run = Run(cfg, method, open_run_folder(cfg, "train", chosen))
     method.fit(cfg, run)

@@ -24,7 +24,7 @@ from ..methods import Method, method_of
 from ..methods.fitting import as_dict
 from ..scores import logged_metrics, read_evaluation
 from . import sweep_folder as shared
-from .run import Run, launched_rank, new_folder, open_run_folder
+from .run import Run, check_trainer, launched_rank, new_folder, open_run_folder
 from .sweep_file import CHECKPOINT_STEP, Sweep, read_sweep, split_arguments
 
 # how a run is named and logged: no method's weights depend on it
@@ -82,6 +82,8 @@ def run_trial(sweep_path: str | Path, arguments: list[str], run_dir: str | Path 
     cfg = load_config(experiment, overrides + [f"logging.group={sweep.name}"])
     method = method_of(cfg)
     _check_step(sweep, cfg, step)
+    if not launched_rank():
+        check_trainer(cfg)
     folder, key = sweep.folder(), training_key(cfg, method)
     if launched_rank():       # a DDP rank Lightning launched: do as the trial's first rank planned
         run = Run(cfg, method, open_run_folder(cfg, "trial"))
