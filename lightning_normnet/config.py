@@ -55,7 +55,8 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
             parent = apply_ablation(parent, conf.ablation)
         return _merge(parent, conf)
     except ConfigKeyError as err:
-        raise ConfigError(f"{path}: unknown key {err.full_key!r} (not in {base_path.name}).") from None
+        raise ConfigError(f"{path}: unknown key {err.full_key!r} (not in {base_path.name})"
+                          f"{did_you_mean(err.full_key, _dotted_keys(parent))}") from None
 
 
 def _merge(base: DictConfig, conf) -> DictConfig:
@@ -182,12 +183,24 @@ def _number(conf: DictConfig, key: str):
     return value
 
 
+def require_fractions(conf: DictConfig, keys) -> None:
+    """Probabilities and thresholds: each in [0, 1]."""
+    for key in keys:
+        if not 0 <= _number(conf, key) <= 1:
+            raise ConfigError(f"{key}={OmegaConf.select(conf, key)} must lie in [0, 1].")
+
+
+def require_counts(conf: DictConfig, keys, minimum: int = 1) -> None:
+    """Steps, epochs, sizes, batches: each at least `minimum`."""
+    for key in keys:
+        if _number(conf, key) < minimum:
+            raise ConfigError(f"{key}={OmegaConf.select(conf, key)} must be at least {minimum}.")
+
+
 def _check_ranges(conf: DictConfig) -> None:
     """Values with no meaning: probabilities and thresholds outside [0, 1], sizes and spacings that are not
     positive, a window upside down, fewer than one step or sample."""
-    for key in FRACTIONS:
-        if not 0 <= _number(conf, key) <= 1:
-            raise ConfigError(f"{key}={OmegaConf.select(conf, key)} must lie in [0, 1].")
+    require_fractions(conf, FRACTIONS)
     for key in POSITIVE_LISTS:
         values = OmegaConf.select(conf, key)
         if not isinstance(values, ListConfig) or not all(isinstance(v, (int, float)) and v > 0 for v in values):
@@ -198,11 +211,8 @@ def _check_ranges(conf: DictConfig) -> None:
     low, high = _number(conf, "preprocessing.window.0"), _number(conf, "preprocessing.window.1")
     if not low < high:
         raise ConfigError(f"preprocessing.window={[low, high]} must be [low, high] HU with low < high.")
-    for key in [f"trainer.{k}" for k in SCHEDULE_KEYS] + ["data.batch_size"]:
-        if _number(conf, key) < 1:
-            raise ConfigError(f"{key}={OmegaConf.select(conf, key)} must be at least 1.")
-    if _number(conf, "data.num_workers") < 0:
-        raise ConfigError(f"data.num_workers={conf.data.num_workers} must be 0 or more.")
+    require_counts(conf, [f"trainer.{k}" for k in SCHEDULE_KEYS] + ["data.batch_size"])
+    require_counts(conf, ["data.num_workers"], minimum=0)
     if not 0 <= _number(conf, "inference.overlap") < 1:
         raise ConfigError(f"inference.overlap={conf.inference.overlap} must lie in [0, 1).")
 

@@ -206,6 +206,28 @@ def test_make_train_takes_experiment_as_exp():
     import subprocess
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    dry = subprocess.run(["make", "-n", "-W", ".venv/.installed", "train", "experiment=normnet_quick"], cwd=root,
-                         capture_output=True, text=True).stdout
-    assert dry.strip().splitlines()[-1].split()[:3] == [".venv/bin/normnet", "train", "normnet_quick"]
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "-W", ".venv/.installed", "train",
+                          "experiment=normnet_quick"], cwd=root, capture_output=True, text=True).stdout
+    commands = [line.split()[:3] for line in dry.splitlines() if "bin/normnet" in line]
+    assert commands == [[".venv/bin/normnet", "train", "normnet_quick"]], dry
+
+
+@pytest.mark.parametrize("experiment, override, message", [
+    ("cyclegan", "cyclegan.epochs=-1", "cyclegan.epochs=-1 must be at least 1"),
+    ("infnet", "infnet.batch_size=-2", "infnet.batch_size=-2 must be at least 1"),
+    ("infnet", "infnet.threshold=1.5", r"infnet.threshold=1.5 must lie in \[0, 1\]"),
+    ("semi_infnet", "semi.k=0", "semi.k=0 must be at least 1"),
+    ("unet3d", "unet3d.augmentation_probability=2", r"must lie in \[0, 1\]"),
+    ("unet3d", "unet3d.val_every=0", "unet3d.val_every=0 must be at least 1"),
+    ("unet3d", "unet3d.patch=[0,160,80]", "must be positive on every axis"),
+])
+def test_the_baselines_groups_are_range_checked(experiment, override, message):
+    with pytest.raises(ConfigError, match=message):
+        method_of(load_config(experiment, [override]))
+
+
+def test_a_misspelt_key_in_a_file_gets_the_nearest(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("base: normnet\npostprocessing:\n  k_dd: 7\n")
+    with pytest.raises(ConfigError, match="unknown key 'postprocessing.k_dd'.*did you mean postprocessing.k_d"):
+        load_config(str(path))

@@ -11,7 +11,7 @@ from datamodules.healthy import HealthyCTDataModule
 from datamodules.labelled_patches import LabelledPatchDataModule
 from datamodules.unpaired_slices import UnpairedSliceDataModule
 
-from ..config import ConfigError
+from ..config import ConfigError, require_counts, require_fractions
 from ..models.cyclegan import CycleGAN
 from ..models.infnet import InfNetModel
 from ..models.normnet import NormNet
@@ -52,6 +52,9 @@ register(Method(
 
 
 def _validate_cyclegan(cfg: DictConfig) -> None:
+    require_counts(cfg, [f"cyclegan.{k}" for k in ("stages", "base_channels", "crop", "batch_size", "epochs",
+                                                    "val_every", "median_kernel", "gaussian_size")])
+    require_counts(cfg, ["cyclegan.decay_epochs", "cyclegan.pool_size"], minimum=0)
     c = cfg.cyclegan
     if c.clustering not in ("kmeans", "otsu"):
         raise ConfigError(f"cyclegan.clustering={c.clustering!r} must be kmeans or otsu.")
@@ -68,9 +71,22 @@ register(Method(
                                          reload_dataloaders_every_n_epochs=1)))
 
 
+def _validate_infnet(cfg: DictConfig) -> None:
+    require_counts(cfg, [f"infnet.{k}" for k in ("train_size", "batch_size", "epochs", "decay_every", "val_every",
+                                                  "boundary_kernel")])
+    require_fractions(cfg, ["infnet.threshold", "infnet.decay_rate"])
+
+
+def _validate_semi_infnet(cfg: DictConfig) -> None:
+    _validate_infnet(cfg)
+    require_counts(cfg, [f"semi.{k}" for k in ("k", "pretrain_batch_size")])
+    require_counts(cfg, [f"semi.{k}" for k in ("round_epochs", "pretrain_epochs", "finetune_epochs")], minimum=0)
+
+
 register(Method(
     name="infnet", label_free=False, module=InfNetModel, datamodule=SliceSegmentationDataModule,
     config_groups=("infnet",), evaluation_data=SliceSegmentationDataModule, cv_items=labelled_slices,
+    validate=_validate_infnet,
     fit=lambda cfg, run: train_by_epochs(run, InfNetModel.for_training(as_dict(cfg)), cfg.infnet.epochs,
                                          cfg.infnet.val_every)))
 
@@ -78,10 +94,15 @@ register(Method(
 register(Method(
     name="semi_infnet", label_free=False, module=InfNetModel, datamodule=SliceSegmentationDataModule,
     config_groups=("infnet", "semi"), evaluation_data=SliceSegmentationDataModule, cv_items=labelled_slices,
-    fit=fit_semi_infnet))
+    validate=_validate_semi_infnet, fit=fit_semi_infnet))
 
 
 def _validate_unet3d(cfg: DictConfig) -> None:
+    require_counts(cfg, [f"unet3d.{k}" for k in ("batch_size", "batches_per_epoch", "max_epochs", "val_every",
+                                                  "plateau_patience", "early_stopping_patience")])
+    require_fractions(cfg, ["unet3d.augmentation_probability", "unet3d.tversky_alpha", "unet3d.tversky_beta"])
+    if any(p < 1 for p in cfg.unet3d.patch):
+        raise ConfigError(f"unet3d.patch={list(cfg.unet3d.patch)} must be positive on every axis.")
     multiple = 2 ** (len(cfg.unet3d.channels) - 1)
     if any(p % multiple for p in cfg.unet3d.patch):
         raise ConfigError(f"unet3d.patch={list(cfg.unet3d.patch)} must be a multiple of {multiple} on every "
