@@ -165,9 +165,9 @@ def _check_range(conf: DictConfig, key: str, low_bound: float = 0.0) -> None:
         raise ConfigError(f"{key}={list(value)} must be [low, high] with {low_bound} <= low <= high.")
 
 
-# trainer.* keys that the step schedule reads (methods.fitting); every other trainer.* key is a Lightning
+# trainer.* keys that the schedules read (methods.fitting); every other trainer.* key is a Lightning
 # Trainer argument, checked by Lightning (runs.run.check_trainer)
-SCHEDULE_KEYS = ("max_steps", "val_check_interval")
+SCHEDULE_KEYS = ("max_steps", "val_check_interval", "checkpoint_every")
 FRACTIONS = ("inference.healthy_probability", "lesions.large_probability", "lesions.sigma_b_small_probability",
              "target.tau", "postprocessing.tau", "postprocessing.t_d", "postprocessing.t_f",
              "preprocessing.edge_removal.threshold", "preprocessing.edge_removal.min_fraction")
@@ -211,7 +211,9 @@ def _check_ranges(conf: DictConfig) -> None:
     low, high = _number(conf, "preprocessing.window.0"), _number(conf, "preprocessing.window.1")
     if not low < high:
         raise ConfigError(f"preprocessing.window={[low, high]} must be [low, high] HU with low < high.")
-    require_counts(conf, [f"trainer.{k}" for k in SCHEDULE_KEYS] + ["data.batch_size"])
+    require_counts(conf, ["trainer.max_steps", "trainer.val_check_interval", "data.batch_size"])
+    if conf.trainer.checkpoint_every is not None:
+        require_counts(conf, ["trainer.checkpoint_every"])
     require_counts(conf, ["data.num_workers"], minimum=0)
     if not 0 <= _number(conf, "inference.overlap") < 1:
         raise ConfigError(f"inference.overlap={conf.inference.overlap} must lie in [0, 1).")

@@ -75,6 +75,9 @@ def test_each_method_trains_and_evaluates_alike(experiment, tiny_runs, shared):
     assert [s.name for s in phantom] == ["covid_000", "covid_001"]
     assert all(0 <= s.dsc <= 1 and 0 <= s.spec <= 1 for s in phantom)
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "volumes.csv").is_file()
+    if experiment not in ("threshold", "semi_infnet"):    # periodic checkpoints, and the best validation's
+        saved = {p.name for p in (run / "checkpoints").iterdir()}
+        assert "best.ckpt" in saved and any(n.startswith(("step", "epoch")) for n in saved), saved
     assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), *shared[-2:]]) == 0
     evaluated = read_evaluation(sorted((Path(shared[-1].split("=", 1)[1]) / experiment).glob("evaluate-*"))[-1])
     again = {s.name: s for s in evaluated.last.volumes if s.dataset == "phantom"}

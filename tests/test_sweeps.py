@@ -289,6 +289,11 @@ def test_an_inference_only_trial_does_not_train(tmp_path, monkeypatch):
     record = sweep_folder.read_record(trained)
     assert record["trained_in"] == "trial-0000" and record["default"] and record["status"] == "finished"
     assert (trained / "checkpoints" / "step000002.ckpt").is_file()
+    # best.ckpt holds the weights of the validation with the highest mean DSC (the first, on a tie)
+    means = [(sum(s.dsc for s in v.volumes) / len(v.volumes), v.step) for v in read_evaluation(trained).validations]
+    best_step = next(step for mean, step in means if mean == max(m for m, _ in means))
+    assert torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False,
+                      mmap=True)["global_step"] == best_step
 
     def no_training(*_args, **_kwargs):
         raise AssertionError("an inference-only trial ran a training step")

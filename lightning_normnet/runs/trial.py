@@ -55,11 +55,14 @@ def _checkpoint(training: Path, cfg: DictConfig, step: int | None) -> Path:
 
 
 def _check_step(sweep: Sweep, cfg: DictConfig, step: int | None) -> None:
+    """A step the training both validates and saves (or its last)."""
     t = cfg.trainer
-    if step is not None and not (0 < step <= t.max_steps and (step % t.val_check_interval == 0 or step == t.max_steps)):
-        raise ConfigError(f"{sweep.path}: {CHECKPOINT_STEP}={step} is not a step the training saves "
-                          f"(every trainer.val_check_interval={t.val_check_interval} up to trainer.max_steps="
-                          f"{t.max_steps}).")
+    every = t.checkpoint_every or t.val_check_interval
+    if step is not None and not (0 < step <= t.max_steps and (step == t.max_steps or
+                                                               step % t.val_check_interval == step % every == 0)):
+        raise ConfigError(f"{sweep.path}: {CHECKPOINT_STEP}={step} is not a step the training validates and saves "
+                          f"(every trainer.val_check_interval={t.val_check_interval} and trainer.checkpoint_every="
+                          f"{every} up to trainer.max_steps={t.max_steps}).")
 
 
 def _stop_on_sigterm(signum, _frame) -> None:
