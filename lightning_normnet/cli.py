@@ -16,6 +16,7 @@ hand over to runs/.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,8 @@ def evaluate(args) -> None:
 def sweep(args) -> None:
     from .runs.sweep import sweep as run_sweep
 
+    if args.count is not None and args.count < 1:
+        raise ConfigError(f"--count {args.count}: an agent runs at least 1 trial (leave it out for all).")
     run_sweep(args.sweep, args.count)
 
 
@@ -156,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (ConfigError, InputError) as err:
         print(f"normnet {args.command}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"normnet {args.command}: the disk is full (writing {err.filename or 'a file'}); files are written "
+              "whole or not at all, so free some space and run the same command again.", file=sys.stderr)
         return 2
     return 0
 

@@ -171,6 +171,8 @@ SCHEDULE_KEYS = ("max_steps", "val_check_interval", "checkpoint_every")
 FRACTIONS = ("inference.healthy_probability", "lesions.large_probability", "lesions.sigma_b_small_probability",
              "target.tau", "postprocessing.tau", "postprocessing.t_d", "postprocessing.t_f",
              "preprocessing.edge_removal.threshold", "preprocessing.edge_removal.min_fraction")
+THREE_AXES = {"preprocessing.spacing": "(x, y, z)", "data.phantom.spacing": "(x, y, z)",
+              "data.phantom.size": "(x, y, z)", "data.slab": "[D, H, W]", "inference.roi": "[D, H, W]"}
 POSITIVE_LISTS = ("preprocessing.spacing", "data.phantom.spacing", "data.phantom.size", "data.slab", "inference.roi",
                   "preprocessing.in_plane_size")
 
@@ -205,13 +207,13 @@ def _check_ranges(conf: DictConfig) -> None:
         values = OmegaConf.select(conf, key)
         if not isinstance(values, ListConfig) or not all(isinstance(v, (int, float)) and v > 0 for v in values):
             raise ConfigError(f"{key}={values} must be positive on every axis.")
-    for key in ("preprocessing.spacing", "data.phantom.spacing", "data.phantom.size"):
+    for key, axes in THREE_AXES.items():
         if len(OmegaConf.select(conf, key)) != 3:
-            raise ConfigError(f"{key}={list(OmegaConf.select(conf, key))} must have 3 values (x, y, z).")
+            raise ConfigError(f"{key}={list(OmegaConf.select(conf, key))} must have 3 values {axes}.")
     low, high = _number(conf, "preprocessing.window.0"), _number(conf, "preprocessing.window.1")
     if not low < high:
         raise ConfigError(f"preprocessing.window={[low, high]} must be [low, high] HU with low < high.")
-    require_counts(conf, ["trainer.max_steps", "trainer.val_check_interval", "data.batch_size"])
+    require_counts(conf, ["trainer.max_steps", "trainer.val_check_interval", "data.batch_size", "model.members"])
     if conf.trainer.checkpoint_every is not None:
         require_counts(conf, ["trainer.checkpoint_every"])
     require_counts(conf, ["data.num_workers"], minimum=0)
@@ -239,13 +241,9 @@ def validate(conf: DictConfig) -> None:
     for key in ("k_d", "k_f"):
         if conf.postprocessing[key] % 2 != 1:
             raise ConfigError(f"postprocessing.{key}={conf.postprocessing[key]} must be odd (centred mean filter).")
-    if conf.model.members < 1:
-        raise ConfigError("model.members must be at least 1.")
     if conf.inference.member is not None and not 1 <= conf.inference.member <= conf.model.members:
         raise ConfigError(f"inference.member={conf.inference.member} must be null (the vote) or lie in "
                           f"1..model.members={conf.model.members}.")
-    if len(conf.data.slab) != 3 or len(conf.inference.roi) != 3:
-        raise ConfigError("data.slab and inference.roi must be [D, H, W].")
     if list(conf.data.slab[1:]) != list(conf.preprocessing.in_plane_size):
         raise ConfigError(f"data.slab in-plane {list(conf.data.slab[1:])} must equal "
                           f"preprocessing.in_plane_size {list(conf.preprocessing.in_plane_size)}.")

@@ -8,6 +8,9 @@ complete, so a crash never leaves a half-written file behind.
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import yaml
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mhd", ".mha")
 AIR_HU_CEILING = -500.0  # a chest CT in HU has air well below this; a 0-255 image has none
@@ -264,5 +268,39 @@ def save_array(array: np.ndarray, path: Path) -> None:
     write_atomically(path, lambda tmp: np.save(tmp, array))
 
 
+def read_document(path: str | Path, what: str):
+    """The content of a JSON or YAML file (by its suffix); a missing or unparseable one is refused in one
+    sentence naming the file and `what` it should be."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing: not {what}.")
+    text = path.read_text()
+    try:
+        return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}), so not {what}.") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]}), so not {what}.") from None
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def csv_text(header: list[str], rows: list[list]) -> str:
+    """A CSV table as text (None as an empty cell), for write_text."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_figure(figure, path: str | Path, dpi: int = 120) -> Path:
+    """A matplotlib figure as PNG, written whole, and closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+    finally:
+        plt.close(figure)

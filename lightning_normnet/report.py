@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .io import write_atomically
+from .io import write_figure
 
 DISPLAY_WINDOW = (-1350.0, 150.0)   # HU, a lung window (level -600, width 1500)
 
@@ -75,6 +75,5 @@ def report_figure(image: sitk.Image, lesion: sitk.Image, lung: sitk.Image, path:
     curve.set_xlim(0, max(1, len(per_slice) - 1))
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    plt.close(figure)
+    write_figure(figure, path, dpi=100)
     return Path(path)

@@ -11,8 +11,6 @@ methods working on different grids count the same voxels.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -23,7 +21,7 @@ import torch
 
 from .datasets.cache import ScanTruth
 from .inference import VolumePrediction
-from .io import InputError, write_text
+from .io import InputError, csv_text, read_document, write_text
 from .metrics import METRIC_KEYS, SEGMENTATION_KEYS, bright_voxel_metrics, segmentation_metrics
 from .preprocessing import to_original_grid
 
@@ -151,14 +149,9 @@ class Evaluation:
                                   "summary": finite(summarize(v.volumes))} for v in self.validations]}
         write_text(folder / EVALUATION, json.dumps(saved, indent=1))
         write_text(folder / "evaluation.md", table + "\n")
-        columns = ["step"] + [f.name for f in fields(VolumeScore)]
-        rows = io.StringIO()
-        writer = csv.DictWriter(rows, fieldnames=columns)
-        writer.writeheader()
-        for validation in self.validations:
-            for row in as_rows(validation.volumes):
-                writer.writerow({"step": validation.step, **row})
-        write_text(folder / "volumes.csv", rows.getvalue())
+        columns = [f.name for f in fields(VolumeScore)]
+        rows = [[v.step] + [row[c] for c in columns] for v in self.validations for row in as_rows(v.volumes)]
+        write_text(folder / "volumes.csv", csv_text(["step"] + columns, rows))
         return table
 
 
@@ -169,12 +162,7 @@ def as_rows(scores: list[VolumeScore]) -> list[dict]:
 
 def read_evaluation(folder: str | Path) -> Evaluation:
     path = Path(folder) / EVALUATION
-    if not path.is_file():
-        raise InputError(f"{path}: missing: not a scored run folder.")
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}).") from None
+    saved = read_document(path, "a scored run folder's evaluation")
     if not isinstance(saved, dict) or saved.get("schema") != SCHEMA:
         found = saved.get("schema", 1) if isinstance(saved, dict) else 1
         raise InputError(f"{path}: evaluation schema {found}, this version reads {SCHEMA}; score the run again "

@@ -33,3 +33,23 @@ def test_prepare_names_skipped_files_and_refuses_an_empty_cache(tmp_path, capsys
     assert "skipped radiopaedia_1: " in out and "radiopaedia_1.nii.gz: values are not Hounsfield units" in out
     assert "skipped broken: " in out and "broken.nii.gz: cannot be read" in out
     assert "none of the 2 volumes listed could be used" in err
+
+
+def test_a_full_disk_and_a_bad_count_get_one_sentence(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from lightning_normnet.runs import ablations
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ablations.md"))
+
+    monkeypatch.setattr(ablations, "write_tables", full)
+    assert main(["ablations", str(tmp_path)]) == 2
+    assert f"the disk is full (writing {tmp_path / 'ablations.md'})" in capsys.readouterr().err
+    assert main(["sweep", "experiments/sweeps/smoke.yaml", "--count", "0"]) == 2
+    assert "--count 0: an agent runs at least 1 trial" in capsys.readouterr().err
+    (tmp_path / "trial-0000").mkdir()
+    (tmp_path / "trial-0000" / "trial.json").write_text("{broken")
+    monkeypatch.undo()
+    assert main(["ablations", str(tmp_path)]) == 2
+    assert "trial.json: not valid JSON" in capsys.readouterr().err

@@ -13,7 +13,6 @@ Both are logged to W&B too when a key is set.
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from ..io import InputError, write_atomically, write_text  # noqa: E402
+from ..io import InputError, csv_text, write_figure, write_text  # noqa: E402
 from .run import wandb_online  # noqa: E402
 from .sweep_file import CHECKPOINT_STEP, NULL  # noqa: E402
 from .sweep_folder import read_record  # noqa: E402
@@ -79,19 +78,6 @@ def finished_trials(sweep_dir: Path) -> list[TrialResult]:
     return results
 
 
-def _csv(header: list[str], rows: list[list]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return out.getvalue()
-
-
-def _save(figure, path: Path) -> None:
-    write_atomically(path, lambda tmp: figure.savefig(tmp, dpi=120, bbox_inches="tight"))
-    plt.close(figure)
-
-
 def table4(trials: list[TrialResult], out: Path) -> str:
     """Table IV: markdown, CSV and heat map in `out`; returns the markdown."""
     default = next((t for t in trials if t.default), None)
@@ -118,7 +104,7 @@ def table4(trials: list[TrialResult], out: Path) -> str:
             "differences are given.")
     markdown = "\n".join(lines) + "\n\n" + note + "\n"
     write_text(out / "ablations.md", markdown)
-    write_text(out / "ablations.csv", _csv(["dataset", "column", "trial", "dsc", "difference"], rows))
+    write_text(out / "ablations.csv", csv_text(["dataset", "column", "trial", "dsc", "difference"], rows))
     figure, axis = plt.subplots(figsize=(1.1 * len(order) + 2, 0.7 * len(datasets) + 1.6))
     # at least +/- 5 DSC points, so that a small difference looks small
     limit = max(5.0, float(np.nanmax(np.abs(differences)))) if np.isfinite(differences).any() else 5.0
@@ -134,7 +120,7 @@ def table4(trials: list[TrialResult], out: Path) -> str:
     axis.set_xticks(range(len(order)), header, rotation=45, ha="right")
     axis.set_yticks(range(len(datasets)), datasets)
     axis.set_title("DSC (%); colour: difference to the default trial" if default else "DSC (%)")
-    _save(figure, out / "ablations.png")
+    write_figure(figure, out / "ablations.png")
     return markdown
 
 
@@ -162,7 +148,7 @@ def table5(trials: list[TrialResult], out: Path) -> str:
             rows.append([row_name(dataset, label), step] + [None if v is None else round(100 * v, 2) for v in values])
     markdown = "\n".join(lines) + "\n\nDSC (%) of each member alone and of their vote, per checkpoint step.\n"
     write_text(out / "voting.md", markdown)
-    write_text(out / "voting.csv", _csv(["dataset", "iterations"] + header, rows))
+    write_text(out / "voting.csv", csv_text(["dataset", "iterations"] + header, rows))
     figure, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups) + 1, 3.2), squeeze=False)
     width = 0.8 / len(header)
     for axis, (dataset, label) in zip(axes[0], groups):
@@ -175,7 +161,7 @@ def table5(trials: list[TrialResult], out: Path) -> str:
         axis.set_ylabel("DSC (%)")
         axis.set_title(row_name(dataset, label))
     axes[0][-1].legend(fontsize=7, loc="lower right")
-    _save(figure, out / "voting.png")
+    write_figure(figure, out / "voting.png")
     return markdown
 
 

@@ -10,14 +10,12 @@ runs scored on different volumes are refused: a comparison is only fair on the s
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 
-from ..io import InputError, write_atomically, write_text
+from ..io import InputError, csv_text, write_figure, write_text
 from ..scores import VolumeScore, read_evaluation, summarize
 
 COLUMNS = ("dsc", "psc", "sen")
@@ -90,9 +88,7 @@ def render(results: list[MethodResult]) -> tuple[str, str]:
             for c in [(d, k) for d in datasets for k in COLUMNS]}
     header = ["group", "method"] + [f"{d} {k.upper()}" for d in datasets for k in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(["group", "method"] + [f"{d} {k} {s}" for d in datasets for k in COLUMNS for s in ("mean", "std")])
+    table = []
     for group, name, stats in rows:
         cells = []
         for column in [(d, k) for d in datasets for k in COLUMNS]:
@@ -100,8 +96,9 @@ def render(results: list[MethodResult]) -> tuple[str, str]:
             text = "n/a" if math.isnan(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
             cells.append(f"**{text}**" if not math.isnan(mean) and mean == best[column] else text)
         lines.append(f"| {group} | {name} | " + " | ".join(cells) + " |")
-        writer.writerow([group, name] + [v for d in datasets for k in COLUMNS for v in stats[(d, k)]])
-    return "\n".join(lines), table.getvalue()
+        table.append([group, name] + [v for d in datasets for k in COLUMNS for v in stats[(d, k)]])
+    csv_header = ["group", "method"] + [f"{d} {k} {s}" for d in datasets for k in COLUMNS for s in ("mean", "std")]
+    return "\n".join(lines), csv_text(csv_header, table)
 
 
 def box_plot(results: list[MethodResult], path: Path) -> None:
@@ -120,8 +117,7 @@ def box_plot(results: list[MethodResult], path: Path) -> None:
         axis.set_title(dataset)
         axis.set_ylabel("DSC per volume (%)")
     figure.tight_layout()
-    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
-    plt.close(figure)
+    write_figure(figure, path)
 
 
 def compare(runs: list[str | Path], out_dir: str | Path) -> str:

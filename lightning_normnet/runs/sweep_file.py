@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from ..config import ConfigError, load_config
+from ..io import read_document
 
 EXPERIMENT = "experiment"            # the trial's experiment: a constant, not a config key
 CHECKPOINT_STEP = "checkpoint_step"  # evaluate the training's checkpoint of this step (runs.trial)
@@ -133,12 +133,7 @@ def _distribution(path: Path, name: str, spec: dict) -> BaseDistribution | None:
 def read_sweep(path: str | Path) -> Sweep:
     """The sweep file at `path`, checked: a wrong one is refused in a sentence naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]}).") from None
+    raw = read_document(path, "a sweep file")
     if not isinstance(raw, dict) or not isinstance(raw.get("parameters"), dict) or not raw["parameters"]:
         raise ConfigError(f"{path}: a sweep file needs a `parameters` mapping (W&B's sweep format).")
     method = raw.get("method")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from optuna.storages.journal import JournalFileOpenLock
 
-from ..io import write_text
+from ..io import read_document, write_text
 
 HEARTBEAT_SECONDS = 30
 STALE_AFTER = 300
@@ -72,7 +72,11 @@ def is_alive(run_dir: Path, stale_after: float = STALE_AFTER) -> bool:
 def read_record(run_dir: Path) -> dict | None:
     """A trial's trial.json (None before the trial wrote it)."""
     path = run_dir / TRIAL_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_document(path, "a sweep trial's record") if path.is_file() else None
+
+
+def _read_training(path: Path) -> dict | None:
+    return read_document(path, "a sweep's training record") if path.is_file() else None
 
 
 def write_record(run_dir: Path, record: dict) -> None:
@@ -91,7 +95,7 @@ def claim_training(folder: Path, key: str, run_dir: Path, stale_after: float = S
     mine = os.path.relpath(run_dir, folder)
     while True:
         with sweep_lock(folder):
-            record = json.loads(path.read_text()) if path.is_file() else None
+            record = _read_training(path)
             if record and record["status"] == "done":
                 return folder / record["run"]
             if record is None or record["run"] == mine or not is_alive(folder / record["run"], stale_after):
@@ -111,6 +115,5 @@ def release_training(folder: Path, key: str, run_dir: Path) -> None:
     """Give up a claim this trial holds (its training failed or was stopped): the next trial trains."""
     path = _training_file(folder, key)
     with sweep_lock(folder):
-        if path.is_file() and json.loads(path.read_text()) == {"run": os.path.relpath(run_dir, folder),
-                                                               "status": "training"}:
+        if _read_training(path) == {"run": os.path.relpath(run_dir, folder), "status": "training"}:
             path.unlink()

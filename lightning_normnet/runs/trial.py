@@ -96,16 +96,16 @@ def run_trial(sweep_path: str | Path, arguments: list[str], run_dir: str | Path 
     run = Run(cfg, method, open_run_folder(cfg, "trial", Path(run_dir) if run_dir else new_folder(folder, "trial")))
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        _run_planned(run, sweep, experiment, arguments, step, key, stale_after)
+        _run_planned(run, sweep, folder, experiment, arguments, step, key, stale_after)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return run.dir
 
 
-def _run_planned(run: Run, sweep: Sweep, experiment: str, arguments: list[str], step: int | None, key: str,
-                 stale_after: float) -> None:
+def _run_planned(run: Run, sweep: Sweep, folder: Path, experiment: str, arguments: list[str], step: int | None,
+                 key: str, stale_after: float) -> None:
     """Claim the training of `key` or wait for it, train or evaluate, and keep trial.json up to date."""
-    cfg, folder = run.cfg, sweep.folder()
+    cfg = run.cfg
     swept = dict(a.split("=", 1) for a in arguments if a.split("=", 1)[0] in sweep.space)
     record = {"sweep": sweep.name, "experiment": experiment, "arguments": list(arguments), "parameters": swept,
               CHECKPOINT_STEP: step, "training_key": key, "status": "running",
