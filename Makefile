@@ -18,8 +18,8 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-train: $(STAMP)          ## make train EXP=normnet ARGS="trainer.max_steps=10 model.members=3"
-	$(BIN)/normnet train $(EXP) $(ARGS)
+train: $(STAMP)          ## make train EXP=normnet ARGS="trainer.max_steps=10 model.members=3" [RUN_DIR=runs/... to resume]
+	$(BIN)/normnet train $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(EXP) $(ARGS)
 
 prepare: $(STAMP)        ## make prepare EXP=normnet: build the data cache only
 	$(BIN)/normnet prepare $(EXP) $(ARGS)
@@ -31,7 +31,7 @@ predict: $(STAMP)        ## make predict CKPT=last.ckpt INPUT=scan/ OUTPUT=mask.
 	$(BIN)/normnet predict --checkpoint $(CKPT) --input $(INPUT) --output $(OUTPUT) $(if $(REPORT),--report $(REPORT))
 
 cv: $(STAMP)             ## make cv EXP=unet3d ARGS="cv.folds=5": k-fold cross-validation over data.train, one run per fold
-	$(BIN)/normnet cv $(EXP) $(ARGS)
+	$(BIN)/normnet cv $(if $(RUN_DIR),--run-dir $(RUN_DIR)) $(EXP) $(ARGS)
 
 compare: $(STAMP)        ## make compare RUNS="runs/normnet/train-... runs/threshold/train-...": Table III, CSV, PNG
 	$(BIN)/normnet compare $(RUNS) $(if $(OUTPUT),--output $(OUTPUT))

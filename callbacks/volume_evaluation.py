@@ -39,6 +39,11 @@ class VolumeEvaluation(L.Callback):
         self.given: list[VolumeScore] = []       # scores a module made itself (Inf-Net's 2D test slices)
         self.pictures: list[tuple[str, np.ndarray]] = []
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """The run's evaluation files as it starts (none yet, or a resumed run's so far): unfinished."""
+        if trainer.is_global_zero:
+            self.evaluation.save()
+
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self.scores, self.given, self.pictures = [], [], []
 

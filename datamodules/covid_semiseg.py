@@ -25,6 +25,7 @@ from lightning_normnet.io import InputError
 from lightning_normnet.networks.res2net import imagenet_normalise
 
 from .evaluation import EvaluationDataModule
+from .positions import training_loader
 
 SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -167,8 +168,8 @@ class SliceSegmentationDataModule(EvaluationDataModule):
             self.test_slices = TestSlices(images, self.folders.labelled / "GT", size)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=False,
-                          num_workers=self.cfg.data.num_workers, persistent_workers=self.cfg.data.num_workers > 0)
+        return training_loader(self.train_set, self.trainer, self.batch_size, self.cfg.seed, shuffle=True,
+                               drop_last=False, num_workers=self.cfg.data.num_workers)
 
     def val_dataloader(self) -> list[DataLoader]:
         workers = min(2, self.cfg.data.num_workers)

@@ -20,6 +20,7 @@ from lightning_normnet.lesions import synthesize
 from lightning_normnet.targets import training_target
 
 from .evaluation import EvaluationDataModule
+from .positions import training_loader
 
 
 class HealthySlabs(Dataset):
@@ -50,7 +51,7 @@ class HealthySlabs(Dataset):
         if image.shape[0] < depth:   # a volume thinner than the slab: pad with empty slices
             pad = [(0, depth - image.shape[0]), (0, 0), (0, 0)]
             image, lung = np.pad(image, pad), np.pad(lung, pad)
-        return {"image": torch.from_numpy(np.asarray(image, dtype=np.float32))[None],
+        return {"image": torch.from_numpy(np.asarray(image, dtype=np.float32))[None], "item": i,
                 "lung": torch.from_numpy(np.array(lung, dtype=bool))[None],
                 "lam": torch.tensor(float(lung.sum()) / self.m_max, dtype=torch.float32)}
 
@@ -77,26 +78,23 @@ class HealthyCTDataModule(EvaluationDataModule):
         super().setup(stage)
 
     def train_dataloader(self) -> DataLoader:
-        workers = self.cfg.data.num_workers
-        return DataLoader(self.train_set, batch_size=self.cfg.data.batch_size, shuffle=False,
-                          num_workers=workers, persistent_workers=workers > 0, drop_last=True,
-                          pin_memory=torch.cuda.is_available())
+        return training_loader(self.train_set, self.trainer, self.cfg.data.batch_size, self.cfg.seed, shuffle=False,
+                               drop_last=True, num_workers=self.cfg.data.num_workers,
+                               pin_memory=torch.cuda.is_available())
 
-    def generators(self, device: torch.device) -> list[torch.Generator]:
-        """One generator per member on the batch's device, seeded by (seed, rank, member)."""
+    def generators(self, device: torch.device, first_item: int) -> list[torch.Generator]:
+        """One generator per member on the batch's device, seeded by (seed, member, the batch's first item):
+        the item numbers the rank and the step, so a resumed run synthesises what the unbroken one did."""
         if self._generators is None or self._generators[0].device != device:
-            rank = self.trainer.global_rank if self.trainer else 0
-            self._generators = []
-            for member in range(self.cfg.model.members):
-                generator = torch.Generator(device=device)
-                generator.manual_seed(int(np.random.SeedSequence([self.cfg.seed, rank, member]).generate_state(1)[0]))
-                self._generators.append(generator)
+            self._generators = [torch.Generator(device=device) for _ in range(self.cfg.model.members)]
+        for member, generator in enumerate(self._generators):
+            generator.manual_seed(int(np.random.SeedSequence([self.cfg.seed, member, first_item]).generate_state(1)[0]))
         return self._generators
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is None or not self.trainer.training:
             return batch
-        return synthesize_members(batch, self.cfg, self.generators(batch["image"].device))
+        return synthesize_members(batch, self.cfg, self.generators(batch["image"].device, int(batch["item"][0])))
 
 
 def synthesize_members(batch: dict, cfg: DictConfig, generators: list[torch.Generator]) -> dict:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from .evaluation import LabelledTrainingDataModule
+from .positions import training_loader
 
 
 def class_labels(lung: np.ndarray, lesion: np.ndarray, classes: int) -> np.ndarray:
@@ -92,8 +93,10 @@ class LabelledPatches(Dataset):
         labels = np.pad(labels, pad)
         subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(volume)[None]),
                               label=tio.LabelMap(tensor=torch.from_numpy(labels)[None]))
-        if self.transform is not None:
-            subject = self.transform(subject)
+        if self.transform is not None:     # TorchIO draws from torch's generator: seeded by the item too
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2 ** 63)))
+                subject = self.transform(subject)
         return {"image": subject["image"].data.float(), "label": subject["label"].data.long()}
 
 
@@ -116,5 +119,5 @@ class LabelledPatchDataModule(LabelledTrainingDataModule):
     def train_dataloader(self) -> DataLoader:
         """Reloaded every epoch (the trainer is told so): workers start with the dataset's new epoch."""
         self.train_set.epoch = self.trainer.current_epoch if self.trainer else 0
-        return DataLoader(self.train_set, batch_size=self.cfg.unet3d.batch_size, shuffle=False, drop_last=True,
-                          num_workers=self.cfg.data.num_workers)
+        return training_loader(self.train_set, self.trainer, self.cfg.unet3d.batch_size, self.cfg.seed, shuffle=False,
+                               drop_last=True, num_workers=self.cfg.data.num_workers)

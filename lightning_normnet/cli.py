@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
 import time
 from pathlib import Path
@@ -166,7 +167,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normnet {args.command}: the disk is full (writing {err.filename or 'a file'}); files are written "
               "whole or not at all, so free some space and run the same command again.", file=sys.stderr)
         return 2
+    except BaseException as err:
+        stopped = _stopped_by_signal(args, err)
+        if stopped is None:
+            raise
+        print(f"normnet {args.command}: {stopped[0]}", file=sys.stderr)
+        return stopped[1]
     return 0
+
+
+def _stopped_by_signal(args, err: BaseException) -> tuple[str, int] | None:
+    """(one line saying how to go on, exit status 128 + the signal) for a training stopped by a signal."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from callbacks.checkpointing import Preempted
+
+    if isinstance(err, SIGTERMException):        # before training began (data, a sanity check): nothing saved
+        return "stopped by SIGTERM before the first training step; nothing to resume.", 143
+    if not isinstance(err, Preempted):
+        return None
+    saved = f"stopped by {signal.Signals(err.signum).name} at step {err.step}; saved {err.checkpoint}"
+    if err.requeued:
+        return f"{saved}; the SLURM job is requeued and resumes from it.", err.exit_code
+    run_dir = err.checkpoint.parent.parent                      # <run>/checkpoints/last.ckpt
+    folder = args.run_dir or (run_dir.parent if args.command == "cv" else run_dir)     # cv: <cv>/fold<f>
+    given = [args.sweep, *args.arguments] if args.command == "trial" else [args.experiment, *args.overrides]
+    again = " ".join(["normnet", args.command, "--run-dir", str(folder), *given])
+    return f"{saved}; resume with: {again}", err.exit_code
 
 
 if __name__ == "__main__":

@@ -53,10 +53,16 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         parent = _load_chain(base_path, seen + (path,))
         if conf.get("ablation") is not None:      # declared here: under this file's own values
             parent = apply_ablation(parent, conf.ablation)
-        return _merge(parent, conf)
+        merged = _merge(parent, conf)
     except ConfigKeyError as err:
         raise ConfigError(f"{path}: unknown key {err.full_key!r} (not in {base_path.name})"
                           f"{did_you_mean(err.full_key, _dotted_keys(parent))}") from None
+    try:      # a file's values keep their defaults' types, as overrides do
+        for key in _dotted_keys(conf):
+            _check_type(parent, merged, key)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return merged
 
 
 def _merge(base: DictConfig, conf) -> DictConfig:
@@ -136,6 +142,13 @@ def _dotted_keys(conf: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+def differences(saved: DictConfig, conf: DictConfig) -> list[str]:
+    """`key: saved -> now` for every key whose value differs between two configurations."""
+    keys = sorted(set(_dotted_keys(saved)) | set(_dotted_keys(conf)))
+    return [f"{key}: {OmegaConf.select(saved, key)} -> {OmegaConf.select(conf, key)}" for key in keys
+            if OmegaConf.select(saved, key) != OmegaConf.select(conf, key)]
+
+
 def _kind(value) -> str | None:
     """A value's type as the configuration knows it (None: null, which any key may be set to)."""
     if value is None:
@@ -148,8 +161,9 @@ def _kind(value) -> str | None:
 
 
 def _check_type(before: DictConfig, after: DictConfig, key: str) -> None:
-    """An override keeps the type of the value it replaces (a number may replace an integer's place only
-    where the default is a number): `data.batch_size=abc` is refused here, not mid-run."""
+    """An override (or an experiment file's value) keeps the type of the value it replaces (a number may
+    replace an integer's place only where the default is a number): `data.batch_size=abc` is refused here,
+    not mid-run."""
     if key.startswith("trainer.") and key.split(".", 1)[1] not in SCHEDULE_KEYS:
         return    # Lightning's own arguments (devices: "auto", 2 or [0, 1]): Lightning checks them (runs.run)
     old, new = OmegaConf.select(before, key, default=None), OmegaConf.select(after, key, default=None)

@@ -1,7 +1,9 @@
 """What an evaluation records, written and read here only: one typed record per scored volume (or
 COVID-SemiSeg slice), and a run's evaluation files, versioned by SCHEMA.
 
-    evaluation.json  {"schema", "method", "run", "label_free", "validations": [{"step", "volumes", "summary"}]}
+    evaluation.json  {"schema", "method", "run", "label_free", "finished", "validations": [{"step", "volumes",
+                     "summary"}]}; "finished": whether the scored model's training ran to its end (files
+                     written before runs recorded it lack the key and are read as finished)
     volumes.csv      one row per volume and validation: the VolumeScore fields
     evaluation.md    the latest validation as a table (mean +/- std per dataset, in %)
 
@@ -126,12 +128,13 @@ class Validation:
 @dataclass
 class Evaluation:
     """A run folder's evaluation files: who was scored (the method, the run's name, whether it is
-    label-free) and every validation of the run, in order."""
+    label-free), every validation of the run, in order, and whether the training ran to its end."""
     method: str
     run: str
     label_free: bool
     folder: Path
     validations: list[Validation] = field(default_factory=list)
+    finished: bool = False
 
     @property
     def last(self) -> Validation:
@@ -141,18 +144,27 @@ class Evaluation:
 
     def append(self, step: int, scores: list[VolumeScore]) -> str:
         """Add a validation and rewrite the files (each written whole, atomically); returns its table."""
-        folder = self.folder
         self.validations.append(Validation(step, scores))
-        table = format_table(summarize(scores))
+        self.save()
+        return format_table(summarize(scores))
+
+    def mark_finished(self) -> None:
+        self.finished = True
+        self.save()
+
+    def save(self) -> None:
+        """The files, rewritten whole (a run that starts or resumes writes them at once: unfinished so far)."""
+        folder = self.folder
         saved = {"schema": SCHEMA, "method": self.method, "run": self.run, "label_free": self.label_free,
+                 "finished": self.finished,
                  "validations": [{"step": v.step, "volumes": as_rows(v.volumes),
                                   "summary": finite(summarize(v.volumes))} for v in self.validations]}
         write_text(folder / EVALUATION, json.dumps(saved, indent=1))
-        write_text(folder / "evaluation.md", table + "\n")
+        if self.validations:
+            write_text(folder / "evaluation.md", format_table(summarize(self.last.volumes)) + "\n")
         columns = [f.name for f in fields(VolumeScore)]
         rows = [[v.step] + [row[c] for c in columns] for v in self.validations for row in as_rows(v.volumes)]
         write_text(folder / "volumes.csv", csv_text(["step"] + columns, rows))
-        return table
 
 
 def as_rows(scores: list[VolumeScore]) -> list[dict]:
@@ -170,7 +182,8 @@ def read_evaluation(folder: str | Path) -> Evaluation:
     try:
         validations = [Validation(v["step"], [VolumeScore(**{k: NAN if x is None else x for k, x in s.items()})
                                               for s in v["volumes"]]) for v in saved["validations"]]
-        return Evaluation(saved["method"], saved["run"], saved["label_free"], Path(folder), validations)
+        return Evaluation(saved["method"], saved["run"], saved["label_free"], Path(folder), validations,
+                          saved.get("finished", True))
     except (KeyError, TypeError) as err:
         raise InputError(f"{path}: not an evaluation file of schema {SCHEMA} ({type(err).__name__}: {err}).") from None
 

@@ -220,6 +220,8 @@ def test_make_train_takes_experiment_as_exp():
     ("unet3d", "unet3d.augmentation_probability=2", r"must lie in \[0, 1\]"),
     ("unet3d", "unet3d.val_every=0", "unet3d.val_every=0 must be at least 1"),
     ("unet3d", "unet3d.patch=[0,160,80]", "must be positive on every axis"),
+    ("cyclegan", "trainer.gradient_clip_val=1.0", "not available to the cycle-GAN.*manual optimisation"),
+    ("cyclegan", "trainer.accumulate_grad_batches=2", "not available to the cycle-GAN"),
 ])
 def test_the_baselines_groups_are_range_checked(experiment, override, message):
     with pytest.raises(ConfigError, match=message):
@@ -230,4 +232,11 @@ def test_a_misspelt_key_in_a_file_gets_the_nearest(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("base: normnet\npostprocessing:\n  k_dd: 7\n")
     with pytest.raises(ConfigError, match="unknown key 'postprocessing.k_dd'.*did you mean postprocessing.k_d"):
+        load_config(str(path))
+
+
+def test_a_value_of_the_wrong_type_in_a_file_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "typed.yaml"
+    path.write_text("base: normnet\ndata:\n  batch_size: abc\n")
+    with pytest.raises(ConfigError, match=f"{path}: data.batch_size='abc' must be an integer"):
         load_config(str(path))

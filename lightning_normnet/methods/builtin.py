@@ -56,6 +56,10 @@ def _validate_cyclegan(cfg: DictConfig) -> None:
                                                     "val_every", "median_kernel", "gaussian_size")])
     require_counts(cfg, ["cyclegan.decay_epochs", "cyclegan.pool_size"], minimum=0)
     c = cfg.cyclegan
+    for key, neutral in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
+        if cfg.trainer.get(key, neutral) != neutral:      # Lightning refuses both mid-run for manual optimisation
+            raise ConfigError(f"trainer.{key} is not available to the cycle-GAN, which steps its two optimisers "
+                              "itself (manual optimisation).")
     if c.clustering not in ("kmeans", "otsu"):
         raise ConfigError(f"cyclegan.clustering={c.clustering!r} must be kmeans or otsu.")
     if c.crop % 2 ** c.stages or c.crop > min(cfg.preprocessing.in_plane_size):

@@ -24,10 +24,11 @@ from .base import SegmentationModule
 
 class ImagePool:
     """Shrivastava et al.'s history of generated images: once full, each new image is returned as it is
-    or swapped with a stored one, half the time each, so D also sees older fakes."""
+    or swapped with a stored one, half the time each, so D also sees older fakes. The choices come from
+    Python's generator, which each training step seeds from its place; the images go into checkpoints."""
 
-    def __init__(self, size: int, seed: int = 0):
-        self.size, self.images, self.random = size, [], random.Random(seed)
+    def __init__(self, size: int):
+        self.size, self.images = size, []
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         out = []
@@ -35,9 +36,9 @@ class ImagePool:
             if len(self.images) < self.size:
                 self.images.append(image)
                 out.append(image)
-            elif self.random.random() < 0.5:
-                i = self.random.randrange(self.size)
-                out.append(self.images[i])
+            elif random.random() < 0.5:
+                i = random.randrange(self.size)
+                out.append(self.images[i].to(image.device))
                 self.images[i] = image
             else:
                 out.append(image)
@@ -64,7 +65,7 @@ class CycleGAN(SegmentationModule):
                 nn.init.normal_(module.weight, 0.0, c.init_std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        self.pool_x, self.pool_y = ImagePool(c.pool_size, self.cfg.seed), ImagePool(c.pool_size, self.cfg.seed + 1)
+        self.pool_x, self.pool_y = ImagePool(c.pool_size), ImagePool(c.pool_size)
         self.automatic_optimization = False
 
     def generator_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
@@ -98,6 +99,13 @@ class CycleGAN(SegmentationModule):
         opt_d.step()
         self.log_dict({"train/loss_g": loss_g, "train/loss_d": loss_d, **{f"train/{k}": v for k, v in parts.items()}},
                       on_step=True, prog_bar=False, batch_size=x.shape[0])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["image_pools"] = [[image.cpu() for image in pool.images] for pool in (self.pool_x, self.pool_y)]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for pool, images in zip((self.pool_x, self.pool_y), checkpoint.get("image_pools", ([], []))):
+            pool.images = list(images)
 
     def on_train_epoch_end(self) -> None:
         for scheduler in self.lr_schedulers():

@@ -34,6 +34,14 @@ def saved_config(path: str | Path) -> DictConfig:
         raise ConfigError(f"{path}: {err}") from None
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The global step a checkpoint was saved at (memory-mapped: the weights are not read)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except (RuntimeError, KeyError, EOFError, OSError) as err:
+        raise InputError(f"{path}: not a Lightning checkpoint ({type(err).__name__}).") from None
+
+
 def _check_compatible(paths: list[str], configs: list[DictConfig]) -> None:
     first, reference = paths[0], configs[0]
     for path, cfg in zip(paths[1:], configs[1:]):

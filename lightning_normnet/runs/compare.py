@@ -41,6 +41,12 @@ def load_run(path: str | Path) -> MethodResult:
     path = Path(path)
     folds = sorted(p.parent for p in path.glob("fold*/evaluation.json"))
     evaluations = [read_evaluation(folder) for folder in folds or [path]]
+    for evaluation in evaluations:
+        if not evaluation.finished:
+            steps = [v.step for v in evaluation.validations]
+            raise InputError(f"{evaluation.folder}: its training stopped before its end (last validation at step "
+                             f"{steps[-1] if steps else 'none'}): resume it with `normnet train --run-dir "
+                             f"{evaluation.folder} ...`, or leave it out of the comparison.")
     first = evaluations[0]
     return MethodResult(first.run + (" (cv)" if folds else ""), first.label_free,
                         [s for e in evaluations for s in e.last.volumes])

@@ -3,9 +3,9 @@ data.train (the U-Net, the cycle-GAN) or COVID-SemiSeg's labelled slices (Inf-Ne
 registry's `cv_items` says which.
 
 Fold f (`cv.fold`, folds from `lightning_normnet.folds`) is a run folder `fold<f>/` of the cv folder,
-trained on the other folds and scored on its own items; a fold whose checkpoints/last.ckpt exists is
-not trained again, so `--run-dir` resumes. The summary gives the metrics per fold, mean and std over
-folds, and over all items pooled (cv_summary.md/json).
+trained on the other folds and scored on its own items; with `--run-dir`, a finished fold is not
+trained again and an interrupted one resumes from its last checkpoint. The summary gives the metrics
+per fold, mean and std over folds, and over all items pooled (cv_summary.md/json).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ..io import write_text
 from ..methods import REGISTRY, method_of
 from ..metrics import METRIC_KEYS
 from ..scores import SCHEMA, VolumeScore, as_rows, finite, format_table, read_evaluation, summarize
-from .run import Run, check_trainer, open_run_folder
+from .run import Run, check_trainer, finished, open_run_folder, resume_point
 
 
 def cross_validate(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: str | None = None) -> Path:
@@ -40,13 +40,13 @@ def cross_validate(experiment: str, overrides: list[str] | tuple[str, ...] = (),
     cv_dir = open_run_folder(cfg, "cv", chosen)
     for fold in range(cfg.cv.folds):
         fold_dir = cv_dir / f"fold{fold}"
-        if (fold_dir / "checkpoints" / "last.ckpt").is_file():
+        if finished(fold_dir):
             continue
         fold_cfg = apply_overrides(cfg, [f"cv.fold={fold}", "data.test=[]"])
         fold_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(fold_cfg, fold_dir / "config.yaml")
         L.seed_everything(cfg.seed, workers=True)
-        method.fit(fold_cfg, Run(fold_cfg, method, fold_dir))
+        method.fit(fold_cfg, Run(fold_cfg, method, fold_dir, resume_point(fold_dir)))
     print(f"\n{cfg.cv.folds}-fold cross-validation ({cv_dir}):\n{summarize_folds(cv_dir, cfg.cv.folds)}")
     return cv_dir
 

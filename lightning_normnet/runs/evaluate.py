@@ -14,17 +14,25 @@ from ..datasets.sources import prepare_dataset
 from ..io import InputError, case_name, is_image_file, read_mask
 from ..methods import method_of
 from ..metrics import segmentation_metrics
-from ..scores import Evaluation, VolumeScore
+from ..scores import EVALUATION, Evaluation, VolumeScore
 from .checkpoints import load_model
-from .run import Run, open_run_folder
+from .run import Run, finished, open_run_folder
 
 
 def evaluate_checkpoints(checkpoints: list[str], overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """The checkpoints' model (their vote, for several) scored on data.test. The last.ckpt of a run that
+    stopped before its end is refused; its step checkpoints may be scored, as chosen intermediate models."""
+    for path in map(Path, checkpoints):
+        folder = path.resolve().parent.parent
+        if path.name == "last.ckpt" and (folder / EVALUATION).is_file() and not finished(folder):
+            raise InputError(f"{path}: its run stopped before the end of its training: resume it with `normnet "
+                             f"train --run-dir {folder} ...`, or score one of its step checkpoints.")
     model, method = load_model(checkpoints, overrides)
     run = Run(model.cfg, method, open_run_folder(model.cfg, "evaluate"))
     trainer = run.trainer(training=False)
     trainer.validate(model, datamodule=method.evaluation_data(model.cfg))
     if trainer.is_global_zero:
+        run.evaluation.mark_finished()
         print(f"metrics: {run.dir / 'evaluation.md'}")
     return run.dir
 
@@ -57,7 +65,7 @@ def evaluate_masks(masks: str | Path, method: str, label_free: bool, experiment:
             scores.append(VolumeScore(dataset, case["name"], case["source"],
                                       **segmentation_metrics(lesion, truth_lesion, lung)))
     run_dir = open_run_folder(cfg, "evaluate", name=method)
-    print(f"{Evaluation(method, method, label_free, run_dir).append(0, scores)}\n"
+    print(f"{Evaluation(method, method, label_free, run_dir, finished=True).append(0, scores)}\n"
           f"metrics: {run_dir / 'evaluation.md'}")
     return run_dir
 

@@ -8,26 +8,33 @@ the folder their parent chose through LAUNCH_VARIABLE, the one thing handed acro
 """
 from __future__ import annotations
 
+import csv
 import inspect
 import logging
 import os
+import secrets
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.checkpointing import write_checkpoint
 from callbacks.dataset_summary import DatasetSummary
+from callbacks.step_randomness import StepRandomness
 from callbacks.volume_evaluation import VolumeEvaluation
 
-from ..config import SCHEDULE_KEYS, ConfigError, did_you_mean
+from ..config import SCHEDULE_KEYS, ConfigError, did_you_mean, differences
 from ..methods import Method
-from ..scores import Evaluation
+from ..io import write_text
+from ..scores import EVALUATION, Evaluation, read_evaluation
+from .checkpoints import checkpoint_step
 
 LAUNCH_VARIABLE = "NORMNET_RUN_DIR"
 # the run folder is ours and holds config.yaml before any logger starts: nothing of a logger's is deleted
@@ -73,20 +80,40 @@ def launched_rank() -> bool:
 
 
 def open_run_folder(cfg: DictConfig, kind: str, chosen: str | Path | None = None, name: str | None = None) -> Path:
-    """runs/<name>/<kind>-<time> (or `chosen`, to continue in a given folder), created, with config.yaml."""
+    """runs/<name>/<kind>-<time> (or `chosen`, to continue in a given folder), created, with config.yaml. A
+    folder that holds a configuration already continues only with that same configuration."""
     if launched_rank():
         return Path(os.environ[LAUNCH_VARIABLE])
     if chosen:
         run_dir = Path(chosen)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    elif "SLURM_JOB_ID" in os.environ:          # every task of the job writes into the same folder
+    elif "SLURM_JOB_ID" in os.environ:     # every task of the job, and the job requeued, write into one folder
         run_dir = Path(cfg.output_dir) / (name or cfg.name) / f"{kind}-{os.environ['SLURM_JOB_ID']}"
-        run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = new_folder(Path(cfg.output_dir) / (name or cfg.name), kind)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        changed = differences(OmegaConf.load(saved), cfg)
+        if changed:
+            raise ConfigError(f"{run_dir} holds a run of another configuration ({'; '.join(changed[:3])}"
+                              f"{'; ...' if len(changed) > 3 else ''}): continue it with the configuration in "
+                              f"{saved}, or choose another folder.")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, saved)
     os.environ[LAUNCH_VARIABLE] = str(run_dir)      # read only by the ranks Lightning launches from here
     return run_dir
+
+
+def resume_point(folder: Path) -> Path | None:
+    """checkpoints/last.ckpt of a run folder whose training stopped before its end; None for a run not yet
+    checkpointed (it starts at step 0) or a finished one."""
+    last = folder / "checkpoints" / "last.ckpt"
+    return last if last.is_file() and not finished(folder) else None
+
+
+def finished(folder: Path) -> bool:
+    """Whether a run folder's training ran to its end (its evaluation.json says so)."""
+    return (folder / EVALUATION).is_file() and read_evaluation(folder).finished
 
 
 def new_folder(parent: Path, prefix: str) -> Path:
@@ -116,9 +143,23 @@ def wandb_online() -> bool:
 
 @dataclass
 class Run:
+    """`resume`: the checkpoint an interrupted run continues from (runs.resume); its history files keep
+    what was logged up to that checkpoint's step and go on from there."""
     cfg: DictConfig
     method: Method
     dir: Path
+    resume: Path | None = None
+    _evaluation: Evaluation | None = field(default=None, init=False, repr=False)
+
+    @property
+    def evaluation(self) -> Evaluation:
+        """The run's evaluation files: started anew, or, resumed, the validations up to the checkpoint."""
+        if self._evaluation is None:
+            self._evaluation = Evaluation(self.method.name, self.cfg.name, self.method.label_free, self.dir)
+            if self.resume is not None and (self.dir / EVALUATION).is_file():
+                kept = read_evaluation(self.dir).validations
+                self._evaluation.validations = [v for v in kept if v.step <= checkpoint_step(self.resume)]
+        return self._evaluation
 
     def trainer(self, callbacks: list | None = None, evaluate: bool = True, training: bool = True,
                 **options) -> L.Trainer:
@@ -126,23 +167,39 @@ class Run:
         datasets' summary (listing the training sets too when `training`); without: a quiet fit with no
         validation (Semi-Inf-Net's rounds). The evaluation files start anew with each evaluating Trainer."""
         cfg = self.cfg
-        loggers, extra = False, list(callbacks or [])
+        loggers, extra = False, list(callbacks or []) + [StepRandomness(cfg.seed)]
         if evaluate:
-            loggers = [CSVLogger(save_dir=str(self.dir), name="", version="")]
+            loggers = [self._csv_logger()]
             if cfg.logging.wandb:
                 use_offline_wandb_unless_keyed()
                 loggers.append(WandbLogger(project=cfg.logging.project, name=f"{cfg.name}-{self.dir.name}",
                                            group=cfg.logging.group, save_dir=str(self.dir),
                                            config=OmegaConf.to_container(cfg),
-                                           tags=[cfg.ablation] if cfg.ablation else None))
-            evaluation = Evaluation(self.method.name, cfg.name, self.method.label_free, self.dir)
+                                           tags=[cfg.ablation] if cfg.ablation else None,
+                                           id=wandb_run_id(self.dir) if rank_zero_only.rank == 0 else None,
+                                           resume="allow"))
             extra += [DatasetSummary(self.dir, cfg, self._sources(training)),
-                      VolumeEvaluation(evaluation, cfg.logging.overlays)]
+                      VolumeEvaluation(self.evaluation, cfg.logging.overlays)]
         else:
             options.setdefault("limit_val_batches", 0)
         settings = {**trainer_settings(cfg), "logger": loggers, "callbacks": extra + [RichProgressBar()],
-                    "default_root_dir": str(self.dir), **options}
+                    "default_root_dir": str(self.dir), "enable_checkpointing": False, **options}  # ours: callbacks
         return L.Trainer(**settings)
+
+    def _csv_logger(self) -> CSVLogger:
+        """metrics.csv; resumed, with the rows logged before the checkpoint's step written back at once
+        (Lightning's CSV logger deletes the file it finds)."""
+        logger = CSVLogger(save_dir=str(self.dir), name="", version="")
+        metrics = self.dir / "metrics.csv"
+        if self.resume is None or not metrics.is_file() or rank_zero_only.rank != 0:
+            return logger
+        step = checkpoint_step(self.resume)
+        with open(metrics, newline="") as file:
+            kept = [row for row in csv.DictReader(file) if int(row["step"]) < step]
+        writer = logger.experiment
+        writer.metrics = kept
+        writer.save()
+        return logger
 
     def _sources(self, training: bool) -> list[tuple[str, str]]:
         """The (role, dataset) pairs this run reads: the method's training sets, then data.test."""
@@ -152,9 +209,20 @@ class Run:
         return sources + [("test", name) for name in self.cfg.data.test]
 
     def finish(self, trainer: L.Trainer) -> Path:
-        """checkpoints/last.ckpt: the final weights, whatever the interval."""
+        """checkpoints/last.ckpt: the final weights, whatever the interval; the run recorded as finished."""
         last = self.dir / "checkpoints" / "last.ckpt"
-        trainer.save_checkpoint(last)
+        last.parent.mkdir(parents=True, exist_ok=True)
+        write_checkpoint(trainer, last)
         if trainer.is_global_zero:
+            self.evaluation.mark_finished()
             print(f"run folder: {self.dir}\ncheckpoint: {last}")
         return last
+
+
+def wandb_run_id(folder: Path) -> str:
+    """The W&B run id of a run folder, made once and kept in it, so that a resumed run continues its W&B
+    run instead of starting another."""
+    path = folder / "wandb_run_id"
+    if not path.is_file():
+        write_text(path, secrets.token_hex(8))
+    return path.read_text().strip()

@@ -10,18 +10,27 @@ from ..config import ConfigError, load_config
 from ..datasets import discover
 from ..datasets.cache import prepare_cases
 from ..methods import method_of
-from .run import Run, check_trainer, launched_rank, open_run_folder
+from .checkpoints import checkpoint_step
+from .run import Run, check_trainer, finished, launched_rank, open_run_folder, resume_point
 
 
 def train(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: str | None = None) -> Path:
+    """A new run; or, in a run folder (`chosen`, or a requeued SLURM job's) whose training stopped before its
+    end, that run continued from its last checkpoint."""
     cfg = load_config(experiment, overrides)
     method = method_of(cfg)
     if not launched_rank():       # checked once, by the process the user started
         check_trainer(cfg)
+    folder = open_run_folder(cfg, "train", chosen)
+    if finished(folder):
+        print(f"{folder} finished its training already: nothing to resume.")
+        return folder
+    resume = resume_point(folder)
+    if resume is not None:
+        print(f"resuming {folder} from step {checkpoint_step(resume)} ({resume})")
     L.seed_everything(cfg.seed, workers=True)
-    run = Run(cfg, method, open_run_folder(cfg, "train", chosen))
-    method.fit(cfg, run)
-    return run.dir
+    method.fit(cfg, Run(cfg, method, folder, resume))
+    return folder
 
 
 def prepare_experiment(experiment: str, overrides: list[str] | tuple[str, ...] = ()) -> None:

@@ -148,7 +148,10 @@ def _evaluate(run: Run, checkpoint: Path) -> None:
     """The checkpoint's weights under this trial's settings (they differ only in inference keys)."""
     model = run.method.module.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False,
                                                    config=as_dict(run.cfg))
-    run.trainer(training=False).validate(model, datamodule=run.method.evaluation_data(run.cfg))
+    trainer = run.trainer(training=False)
+    trainer.validate(model, datamodule=run.method.evaluation_data(run.cfg))
+    if trainer.is_global_zero:
+        run.evaluation.mark_finished()
 
 
 def _validation_at(run_dir: Path, step: int | None):

@@ -1,0 +1,137 @@
+"""Exact resume: a run stopped by SIGTERM after a mid-way checkpoint and resumed ends with the weights of the
+run that was never stopped (torch.equal), and its history files hold every step once, as that run's do.
+For NormNet (steps; stopped at a validating step, so its checkpoint waits for the validation) and the
+supervised 3D U-Net (epochs, TorchIO augmentation, a plateau schedule; stopped mid-epoch).
+Also: the stop's exit status and line, unfinished runs refused by compare and evaluate, a finished run
+not trained again, and a run folder refused to another configuration."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_normnet.cli import main
+from lightning_normnet.methods import REGISTRY
+from lightning_normnet.scores import read_evaluation
+
+from .conftest import TINY
+
+NORMNET = ["trainer.max_steps=6", "trainer.val_check_interval=2", "trainer.checkpoint_every=2",
+           "trainer.log_every_n_steps=1"]
+UNET = ["data.phantom.train_volumes=2", "unet3d.patch=[32,32,8]", "unet3d.channels=[4,8,16]",
+        "unet3d.batches_per_epoch=3", "unet3d.batch_size=1", "unet3d.max_epochs=3", "unet3d.val_every=2",
+        "unet3d.plateau_patience=1",
+        "unet3d.augmentation_probability=0.5", "trainer.log_every_n_steps=1"]
+
+
+@pytest.fixture(autouse=True)
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    return f"data.cache_dir={tmp_path_factory.mktemp('resume') / 'cache'}"
+
+
+def signal_during_step(monkeypatch, method: str, step: int, signum=signal.SIGTERM) -> None:
+    """The method's training_step sends `signum` to this process while it trains step `step` (0-based)."""
+    module = REGISTRY[method].module
+    original = module.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step == step:
+            os.kill(os.getpid(), signum)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(module, "training_step", training_step)
+
+
+def run_pair(tmp_path, monkeypatch, cache, experiment, method, settings, stop_at) -> tuple[Path, Path, int]:
+    """(straight run, stopped-and-resumed run, the stop's exit status)."""
+    common = [*TINY, cache, *settings]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(["train", "--run-dir", str(straight), experiment, *common, f"output_dir={tmp_path}"]) == 0
+    with monkeypatch.context() as patch:
+        signal_during_step(patch, method, stop_at)
+        status = main(["train", "--run-dir", str(resumed), experiment, *common, f"output_dir={tmp_path}"])
+    assert not read_evaluation(resumed).finished
+    assert main(["train", "--run-dir", str(resumed), experiment, *common, f"output_dir={tmp_path}"]) == 0
+    return straight, resumed, status
+
+
+def assert_same_run(straight: Path, resumed: Path) -> None:
+    weights = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+               for run in (straight, resumed)]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+    a, b = read_evaluation(straight), read_evaluation(resumed)
+    assert [v.step for v in a.validations] == [v.step for v in b.validations]
+    assert a.validations == b.validations and a.finished and b.finished
+    for history in ("volumes.csv", "metrics.csv"):
+        assert (straight / history).read_text() == (resumed / history).read_text(), history
+
+
+def test_normnet_stopped_and_resumed_is_the_run_never_stopped(tmp_path, monkeypatch, cache, capsys):
+    straight, resumed, status = run_pair(tmp_path, monkeypatch, cache, "normnet_quick", "normnet", NORMNET,
+                                         stop_at=3)
+    assert status == 128 + signal.SIGTERM
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("normnet train: stopped by SIGTERM at step 4; saved ") and \
+        f"resume with: normnet train --run-dir {resumed} normnet_quick" in line
+    assert_same_run(straight, resumed)
+    steps = [v.step for v in read_evaluation(straight).validations]
+    assert steps == [2, 4, 6]
+
+
+def test_normnet_killed_after_a_checkpoint_resumes_from_it_with_its_history_cut_there(tmp_path, monkeypatch, cache):
+    """A kill that leaves no checkpoint of its own (SIGKILL, a node lost): the run resumes from the last
+    periodic one (step 2), its history files cut back to that step, and still ends as the unbroken run."""
+    common = [*TINY, cache, *NORMNET, f"output_dir={tmp_path}"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(["train", "--run-dir", str(straight), "normnet_quick", *common]) == 0
+    with monkeypatch.context() as patch:
+        signal_during_step(patch, "normnet", 4)
+        assert main(["train", "--run-dir", str(killed), "normnet_quick", *common]) == 128 + signal.SIGTERM
+    assert [v.step for v in read_evaluation(killed).validations] == [2, 4]
+    checkpoints = killed / "checkpoints"
+    (checkpoints / "last.ckpt").write_bytes((checkpoints / "step000002.ckpt").read_bytes())
+    assert main(["train", "--run-dir", str(killed), "normnet_quick", *common]) == 0
+    assert_same_run(straight, killed)
+
+
+@pytest.mark.parametrize("stop_at", [2, 4, 5], ids=["epoch-end", "mid-epoch", "validating-epoch-end"])
+def test_unet3d_stopped_and_resumed_is_the_run_never_stopped(tmp_path, monkeypatch, cache, stop_at):
+    """3 batches an epoch, validation every 2 epochs: stopped at the end of an epoch that does not validate,
+    inside an epoch, and at the end of one that validates."""
+    straight, resumed, status = run_pair(tmp_path, monkeypatch, cache, "unet3d", "unet3d", UNET, stop_at)
+    assert status == 128 + signal.SIGTERM
+    assert_same_run(straight, resumed)
+
+
+def test_unfinished_runs_are_refused_and_finished_ones_not_trained_again(tmp_path, monkeypatch, cache, capsys):
+    common = [*TINY, cache, *NORMNET, f"output_dir={tmp_path}"]
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        signal_during_step(patch, "normnet", 2, signal.SIGINT)
+        assert main(["train", "--run-dir", str(run), "normnet_quick", *common]) == 128 + signal.SIGINT
+    capsys.readouterr()
+    assert main(["compare", str(run), str(run), "--output", str(tmp_path / "cmp")]) == 2
+    assert f"{run}: its training stopped before its end" in capsys.readouterr().err
+    last = run / "checkpoints" / "last.ckpt"
+    assert main(["evaluate", "--checkpoint", str(last), f"output_dir={tmp_path}"]) == 2
+    assert "its run stopped before the end of its training" in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(run), "normnet_quick", *common, "trainer.max_steps=8"]) == 2
+    assert "holds a run of another configuration (trainer.max_steps: 6 -> 8)" in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(run), "normnet_quick", *common]) == 0
+    assert read_evaluation(run).finished
+    stamp = last.stat().st_mtime_ns
+    assert main(["train", "--run-dir", str(run), "normnet_quick", *common]) == 0
+    assert "finished its training already: nothing to resume" in capsys.readouterr().out
+    assert last.stat().st_mtime_ns == stamp
