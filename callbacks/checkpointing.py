@@ -5,15 +5,17 @@ last.ckpt (always the latest) and best.ckpt (the best validation DSC so far, cho
 selection, not an unbiased score). Every file is written beside its place and renamed over it, so a kill
 leaves the previous version whole.
 
-A checkpoint is taken where a resumed run continues exactly: after a step's optimiser update and, when
-that step validates, after its validation (Lightning would otherwise skip the validation on resuming).
+A checkpoint is taken where a resumed run continues exactly: after a step's optimiser update (never
+between accumulated batches); when that step validates, after its validation (Lightning would otherwise
+skip it on resuming); at the last step of an epoch, at the epoch's end, after the module's own epoch end
+and early stopping (and before Lightning's epoch schedulers, which it steps again on resuming).
 
-SIGTERM (a scheduler's time limit), SIGUSR1 (SLURM's warning, `#SBATCH --signal=USR1@90`) and SIGINT
-(Ctrl+C; a second one stops at once) end the current step, save last.ckpt there and raise `Preempted`
-once Lightning has logged the step (at the next step's or the epoch's end hook): the run exits with
-128 + the signal's number and one line saying how to resume. Under SLURM, SIGUSR1 also
-requeues the job, which then resumes in the same run folder. All ranks stop at the same step: the wish to
-stop is reduced across ranks after every step.
+SIGTERM (a scheduler's time limit), SIGUSR1 (SLURM's warning, `#SBATCH --signal=USR1@600`) and SIGINT
+(Ctrl+C; a second one stops at once) end the current step, save last.ckpt at the next such place and
+raise `Preempted` once Lightning has logged the step (at the next step's or epoch's start): the run exits
+with 128 + the signal's number and one line saying how to resume. Under SLURM, SIGUSR1 also requeues
+the job, which then resumes in the same run folder. All ranks stop at the same step: the signal is
+reduced across ranks after every step.
 """
 from __future__ import annotations
 
@@ -25,8 +27,11 @@ import subprocess
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+LOGGED_THROUGH = "normnet_logged_through"
 
 
 class Preempted(Exception):
@@ -52,20 +57,24 @@ def requeue_slurm_job() -> bool:
 
 
 def validates_after(trainer: L.Trainer) -> bool:
-    """Whether the step just trained is followed by a validation (Lightning's own rule, which it keeps
-    private)."""
+    """Whether the step just trained is followed by a validation with batches (Lightning's own rule, which
+    it keeps private; before the first validation the number of batches is not known and taken as some)."""
     loop = trainer.fit_loop
-    return loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
+    return loop.epoch_loop._should_check_val_fx(loop._data_fetcher) and sum(trainer.num_val_batches or [1]) > 0
 
 
-class RunCheckpoints(L.Callback):
+class RunCheckpoints(Checkpoint):
+    """A Checkpoint (so Lightning calls its epoch-end hook after the module's and early stopping's)."""
+
     def __init__(self, folder: Path, every: int, unit: str):
         """`every` steps (unit "steps") or epochs (unit "epochs")."""
         self.folder, self.every, self.unit = Path(folder), every, unit
         self.best = -math.inf
         self.received: int | None = None
         self.waiting: tuple[bool, bool] | None = None     # (periodic, stop) until this step's validation ends
+        self.stop_at_epoch_end = False
         self.stopped_at: int | None = None                # the step saved for a stop, raised at the next hook
+        self.logged_through = -1                          # the last logger step the next checkpoint covers
         self._previous: dict = {}
 
     @property
@@ -78,10 +87,14 @@ class RunCheckpoints(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.best = state["best"]
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """What a resumed run keeps of metrics.csv: the rows up to this logger step."""
+        checkpoint[LOGGED_THROUGH] = self.logged_through
+
     # signals
     def on_train_start(self, trainer, pl_module) -> None:
         """Installed now, after Lightning's own handlers (which would end the run without a checkpoint)."""
-        self.received, self.stopped_at = None, None
+        self.received, self.stopped_at, self.stop_at_epoch_end = None, None, False
         try:
             self._previous = {s: signal.signal(s, self._receive) for s in SIGNALS}
         except ValueError:        # not the main thread: the run stops only when killed
@@ -97,36 +110,54 @@ class RunCheckpoints(L.Callback):
             signal.signal(signum, handler)
         self._previous = {}
 
-    def _stop_wished(self, trainer) -> bool:
-        wished = self.received is not None
-        return trainer.strategy.reduce_boolean_decision(wished, all=False) if trainer.world_size > 1 else wished
+    def _signal_on_any_rank(self, trainer) -> int:
+        """The signal this rank, or another, received (0: none); every rank calls this after every step."""
+        received = int(self.received or 0)
+        if trainer.world_size > 1:
+            received = int(trainer.strategy.reduce(torch.tensor(received, device=trainer.strategy.root_device),
+                                                   reduce_op="max"))
+        return received
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._raise_if_stopped(trainer)
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._raise_if_stopped(trainer)
+
     def _raise_if_stopped(self, trainer) -> None:
+        """Raised once Lightning has logged the stopped step (and ended its epoch, if it was the last)."""
         if self.stopped_at is None:
             return
-        signum = self.received or signal.SIGTERM     # another rank's signal
+        signum = self.received
         requeued = (signum == signal.SIGUSR1 and "SLURM_JOB_ID" in os.environ and trainer.is_global_zero
                     and requeue_slurm_job())
         raise Preempted(signum, self.stopped_at, self.last, requeued)
 
     # saving
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        periodic = self.unit == "steps" and trainer.global_step % self.every == 0
-        stop = self._stop_wished(trainer)
+        if accumulating(trainer, batch_idx):
+            return
+        received = self._signal_on_any_rank(trainer)
+        if received:
+            self.received = received
+        periodic, stop = self.unit == "steps" and trainer.global_step % self.every == 0, bool(received)
         if not (periodic or stop):
             return
-        if validates_after(trainer):
+        if self.unit == "epochs" and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.stop_at_epoch_end = stop          # after the epoch's validation, schedulers and early stopping
+        elif validates_after(trainer):
             self.waiting = (periodic, stop)
-            return
-        self._save_and_maybe_stop(trainer, periodic, stop)
+        else:
+            self.logged_through = trainer.fit_loop.epoch_loop._batches_that_stepped
+            self._save_and_maybe_stop(trainer, periodic, stop)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._raise_if_stopped(trainer)
-        if self.unit == "epochs" and (trainer.current_epoch + 1) % self.every == 0:
-            self._save(trainer, f"epoch{trainer.current_epoch:04d}.ckpt")
+        periodic = self.unit == "epochs" and (trainer.current_epoch + 1) % self.every == 0
+        if periodic or self.stop_at_epoch_end:
+            self.logged_through = trainer.fit_loop.epoch_loop._batches_that_stepped - 1
+            self._save(trainer, f"epoch{trainer.current_epoch:04d}.ckpt" if periodic else None)
+        if self.stop_at_epoch_end:
+            self.stopped_at, self.stop_at_epoch_end = trainer.global_step, False
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -141,6 +172,7 @@ class RunCheckpoints(L.Callback):
         if self.waiting is not None:
             periodic, stop = self.waiting
             self.waiting = None
+            self.logged_through = trainer.fit_loop.epoch_loop._batches_that_stepped
             self._save_and_maybe_stop(trainer, periodic, stop)
 
     def _save_and_maybe_stop(self, trainer, periodic: bool, stop: bool) -> None:
@@ -160,9 +192,18 @@ class RunCheckpoints(L.Callback):
             os.replace(partial, self.last)
 
 
+def accumulating(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether this batch's gradients wait for the next one (trainer.accumulate_grad_batches): no
+    checkpoint can hold them."""
+    loop = trainer.fit_loop.epoch_loop
+    return (batch_idx + 1) % trainer.accumulate_grad_batches != 0 and not loop.batch_progress.is_last_batch
+
 
 def write_checkpoint(trainer: L.Trainer, path: Path) -> None:
-    """trainer.save_checkpoint beside `path`, then renamed over it: a kill leaves the old file whole."""
+    """trainer.save_checkpoint beside `path`, then renamed over it: a kill leaves the old file whole. The
+    loggers are flushed first, so metrics.csv holds every row the checkpoint covers."""
+    for logger in trainer.loggers:
+        logger.save()
     partial = path.with_name(path.name + ".partial")
     trainer.save_checkpoint(partial)       # every rank takes part; rank 0 writes
     if trainer.is_global_zero:

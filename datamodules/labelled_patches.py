@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from .evaluation import LabelledTrainingDataModule
-from .positions import training_loader
+from .positions import training_epoch, training_loader
 
 
 def class_labels(lung: np.ndarray, lesion: np.ndarray, classes: int) -> np.ndarray:
@@ -118,6 +118,6 @@ class LabelledPatchDataModule(LabelledTrainingDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Reloaded every epoch (the trainer is told so): workers start with the dataset's new epoch."""
-        self.train_set.epoch = self.trainer.current_epoch if self.trainer else 0
+        self.train_set.epoch = training_epoch(self.trainer)
         return training_loader(self.train_set, self.trainer, self.cfg.unet3d.batch_size, self.cfg.seed, shuffle=False,
                                drop_last=True, num_workers=self.cfg.data.num_workers)

@@ -56,11 +56,18 @@ class PositionLoader(DataLoader):
         self.sampler.skip_batches = self.batches_trained = int(state["batches_trained"])
 
 
+def training_epoch(trainer) -> int:
+    """The epoch a training loader made now serves: the epochs Lightning has run to their end (as it counts
+    them for samplers). A run resumed at an epoch's end makes its loader before it counts that epoch
+    completed, so `trainer.current_epoch` would still name the finished one."""
+    return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+
+
 def training_loader(dataset: Dataset, trainer, batch_size: int, seed: int, shuffle: bool, drop_last: bool,
                     num_workers: int = 0, **options) -> PositionLoader:
     """The training loader of a datamodule attached to `trainer` (rank, world and epoch from it; without one,
     rank 0 of 1 at epoch 0). The epoch is set here: Lightning sets it only after it has started iterating."""
     rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
     sampler = PositionSampler(dataset, batch_size, rank, world, seed, shuffle, drop_last)
-    sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
+    sampler.set_epoch(training_epoch(trainer))
     return PositionLoader(dataset, sampler, num_workers=num_workers, persistent_workers=num_workers > 0, **options)

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .evaluation import LabelledTrainingDataModule
-from .positions import training_loader
+from .positions import training_epoch, training_loader
 
 
 class UnpairedSlices(Dataset):
@@ -61,6 +61,6 @@ class UnpairedSliceDataModule(LabelledTrainingDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Reloaded every epoch (the trainer is told so): workers start with the dataset's new epoch."""
-        self.train_set.epoch = self.trainer.current_epoch if self.trainer else 0
+        self.train_set.epoch = training_epoch(self.trainer)
         return training_loader(self.train_set, self.trainer, self.cfg.cyclegan.batch_size, self.cfg.seed,
                                shuffle=True, drop_last=True, num_workers=self.cfg.data.num_workers)

@@ -182,8 +182,9 @@ def _stopped_by_signal(args, err: BaseException) -> tuple[str, int] | None:
 
     from callbacks.checkpointing import Preempted
 
-    if isinstance(err, SIGTERMException):        # before training began (data, a sanity check): nothing saved
-        return "stopped by SIGTERM before the first training step; nothing to resume.", 143
+    if isinstance(err, SIGTERMException):       # outside a training step (data, a validation): nothing saved now
+        return ("stopped by SIGTERM outside a training step; run the same command with --run-dir to go on from "
+                "the run's last checkpoint, if it has one."), 143
     if not isinstance(err, Preempted):
         return None
     saved = f"stopped by {signal.Signals(err.signum).name} at step {err.step}; saved {err.checkpoint}"

@@ -1,17 +1,20 @@
-"""Exact resume: a run stopped by SIGTERM after a mid-way checkpoint and resumed ends with the weights of the
-run that was never stopped (torch.equal), and its history files hold every step once, as that run's do.
-For NormNet (steps; stopped at a validating step, so its checkpoint waits for the validation) and the
-supervised 3D U-Net (epochs, TorchIO augmentation, a plateau schedule; stopped mid-epoch).
-Also: the stop's exit status and line, unfinished runs refused by compare and evaluate, a finished run
-not trained again, and a run folder refused to another configuration."""
+"""Exact resume: a run stopped by SIGTERM and resumed ends with the weights of the run that was never
+stopped (torch.equal), and its history files hold every step once, as that run's do. For NormNet (steps;
+stopped at a validating step; and killed leaving only an older periodic checkpoint), the supervised 3D
+U-Net (epochs, TorchIO augmentation, early stopping and a plateau schedule; stopped at and inside epochs)
+and the cycle-GAN (manual optimisation, image pools, a shuffled loader). Also: the W&B run id kept, the
+stop's exit status and line, unfinished runs refused by compare and evaluate, a finished run not trained
+again, and a run folder refused to another configuration."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
 import pytest
 import torch
+import wandb
 
 from lightning_normnet.cli import main
 from lightning_normnet.methods import REGISTRY
@@ -22,9 +25,13 @@ from .conftest import TINY
 NORMNET = ["trainer.max_steps=6", "trainer.val_check_interval=2", "trainer.checkpoint_every=2",
            "trainer.log_every_n_steps=1"]
 UNET = ["data.phantom.train_volumes=2", "unet3d.patch=[32,32,8]", "unet3d.channels=[4,8,16]",
-        "unet3d.batches_per_epoch=3", "unet3d.batch_size=1", "unet3d.max_epochs=3", "unet3d.val_every=2",
-        "unet3d.plateau_patience=1",
+        "unet3d.batches_per_epoch=3", "unet3d.batch_size=1", "unet3d.max_epochs=5", "unet3d.val_every=2",
+        "unet3d.plateau_patience=0",
         "unet3d.augmentation_probability=0.5", "trainer.log_every_n_steps=1"]
+CYCLEGAN = ["data.phantom.train_volumes=2", "cyclegan.stages=4", "cyclegan.base_channels=4", "cyclegan.crop=32",
+            "cyclegan.epochs=3", "cyclegan.decay_epochs=2", "cyclegan.val_every=2", "cyclegan.pool_size=2",
+            "cyclegan.min_lesion_pixels=5", "cyclegan.min_lung_pixels=50", "trainer.limit_train_batches=3",
+            "trainer.log_every_n_steps=1"]
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +73,10 @@ def run_pair(tmp_path, monkeypatch, cache, experiment, method, settings, stop_at
 
 
 def assert_same_run(straight: Path, resumed: Path) -> None:
-    weights = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-               for run in (straight, resumed)]
+    saved = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=False) for run in (straight, resumed)]
+    assert [s["optimizer_states"][0]["param_groups"][0]["lr"] for s in saved] == \
+        [saved[0]["optimizer_states"][0]["param_groups"][0]["lr"]] * 2
+    weights = [s["state_dict"] for s in saved]
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
@@ -113,6 +122,18 @@ def test_unet3d_stopped_and_resumed_is_the_run_never_stopped(tmp_path, monkeypat
     straight, resumed, status = run_pair(tmp_path, monkeypatch, cache, "unet3d", "unet3d", UNET, stop_at)
     assert status == 128 + signal.SIGTERM
     assert_same_run(straight, resumed)
+    lr = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)["optimizer_states"][0]
+    assert lr["param_groups"][0]["lr"] < 1e-3        # the plateau schedule did act (patience 0)
+
+
+@pytest.mark.parametrize("stop_at", [4, 8], ids=["epoch-end", "mid-epoch"])
+def test_cyclegan_stopped_and_resumed_is_the_run_never_stopped(tmp_path, monkeypatch, cache, stop_at):
+    """Manual optimisation (two optimiser steps a batch), a shuffled loader, image pools and a learning rate
+    the module decays at each epoch's end: stopped at the end of the first epoch (batch 3 of 3) and inside
+    the second (batch 2 of 3)."""
+    straight, resumed, status = run_pair(tmp_path, monkeypatch, cache, "cyclegan", "cyclegan", CYCLEGAN, stop_at)
+    assert status == 128 + signal.SIGTERM
+    assert_same_run(straight, resumed)
 
 
 def test_unfinished_runs_are_refused_and_finished_ones_not_trained_again(tmp_path, monkeypatch, cache, capsys):
@@ -135,3 +156,20 @@ def test_unfinished_runs_are_refused_and_finished_ones_not_trained_again(tmp_pat
     assert main(["train", "--run-dir", str(run), "normnet_quick", *common]) == 0
     assert "finished its training already: nothing to resume" in capsys.readouterr().out
     assert last.stat().st_mtime_ns == stamp
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch, cache):
+    """Offline W&B (no key): the stopped and the resumed process log under one run id, kept in the folder."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    common = [*TINY, cache, *NORMNET, f"output_dir={tmp_path}", "logging.wandb=true"]
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        signal_during_step(patch, "normnet", 2)
+        assert main(["train", "--run-dir", str(run), "normnet_quick", *common]) == 128 + signal.SIGTERM
+    assert main(["train", "--run-dir", str(run), "normnet_quick", *common]) == 0
+    wandb.finish()        # the run's files are complete once it has ended
+    kept = (run / "wandb_run_id").read_text().strip()
+    runs = sorted((run / "wandb").glob("offline-run-*"))
+    same_id = rf"offline-run-\d+_\d+-{kept}(-\d+)?"          # W&B adds -1 to a folder started in the same second
+    assert runs and all(re.fullmatch(same_id, r.name) for r in runs), runs

@@ -103,7 +103,8 @@ register(Method(
 
 def _validate_unet3d(cfg: DictConfig) -> None:
     require_counts(cfg, [f"unet3d.{k}" for k in ("batch_size", "batches_per_epoch", "max_epochs", "val_every",
-                                                  "plateau_patience", "early_stopping_patience")])
+                                                  "early_stopping_patience")])
+    require_counts(cfg, ["unet3d.plateau_patience"], minimum=0)
     require_fractions(cfg, ["unet3d.augmentation_probability", "unet3d.tversky_alpha", "unet3d.tversky_beta"])
     if any(p < 1 for p in cfg.unet3d.patch):
         raise ConfigError(f"unet3d.patch={list(cfg.unet3d.patch)} must be positive on every axis.")

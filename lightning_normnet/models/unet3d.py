@@ -6,6 +6,10 @@ loss N - sum_c TP_c / (TP_c + a FN_c + b FP_c) (a = b = 0.5, counts summed over 
 categorical cross-entropy; Adam 1e-3, the learning rate x0.1 when the validation DSC has not risen for
 15 epochs (min 1e-5) and early stopping after 100 (the authors monitored the training loss). Inference:
 sliding windows of the patch size with half-patch overlap, averaged.
+
+The plateau schedule is stepped here, at the end of each validation of the fit, with rank 0's DSC on
+every rank, and its state goes into checkpoints: Lightning would step it only on the ranks that logged
+the DSC, and not at all for the epoch a run resumed from an epoch-end checkpoint.
 """
 from __future__ import annotations
 
@@ -43,6 +47,8 @@ class SupervisedUNet(SegmentationModule):
         self.net = UNet(spatial_dims=3, in_channels=1, out_channels=u.classes, channels=tuple(u.channels),
                         strides=(2,) * (len(u.channels) - 1), num_res_units=0, norm="BATCH")
         self.loss = tversky_cross_entropy(u.tversky_alpha, u.tversky_beta)
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._plateau_state: dict | None = None
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self.net(batch["image"]), batch["label"])
@@ -60,8 +66,25 @@ class SupervisedUNet(SegmentationModule):
     def configure_optimizers(self):
         u = self.cfg.unet3d
         optimizer = torch.optim.Adam(self.parameters(), lr=u.lr)
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1,
-                                                             patience=u.plateau_patience, min_lr=u.min_lr)
-        schedule = {"scheduler": plateau, "monitor": "val/dsc", "interval": "epoch", "frequency": u.val_every,
-                    "strict": False}     # steps at each validation: the patience counts validations
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1,
+                                                                  patience=u.plateau_patience, min_lr=u.min_lr)
+        if self._plateau_state is not None:      # a resumed run (the checkpoint is read before this is made)
+            self.plateau.load_state_dict(self._plateau_state)
+        return optimizer
+
+    def on_validation_end(self) -> None:
+        """One plateau step per validation of the fit: the patience counts validations."""
+        trainer = self.trainer
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self.plateau is None:
+            return
+        score = trainer.callback_metrics.get("val/dsc")          # logged by rank 0 only
+        score = trainer.strategy.broadcast(None if score is None else float(score), src=0)
+        if score is not None:
+            self.plateau.step(score)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.plateau is not None:
+            checkpoint["plateau"] = self.plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._plateau_state = checkpoint.get("plateau")

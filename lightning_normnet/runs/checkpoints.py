@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.checkpointing import LOGGED_THROUGH
+
 from ..config import ConfigError, config_from_checkpoint
 from ..io import InputError
 from ..methods import Method, method_of
@@ -40,6 +42,12 @@ def checkpoint_step(path: str | Path) -> int:
         return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
     except (RuntimeError, KeyError, EOFError, OSError) as err:
         raise InputError(f"{path}: not a Lightning checkpoint ({type(err).__name__}).") from None
+
+
+def logged_through(path: str | Path) -> int:
+    """The last logger step (metrics.csv's `step`) a training checkpoint covers."""
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return int(saved.get(LOGGED_THROUGH, saved["global_step"] - 1))
 
 
 def _check_compatible(paths: list[str], configs: list[DictConfig]) -> None:

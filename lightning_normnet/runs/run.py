@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import RichProgressBar
+import wandb
+from lightning.pytorch.callbacks import Checkpoint, RichProgressBar
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -34,7 +36,7 @@ from ..config import SCHEDULE_KEYS, ConfigError, did_you_mean, differences
 from ..methods import Method
 from ..io import write_text
 from ..scores import EVALUATION, Evaluation, read_evaluation
-from .checkpoints import checkpoint_step
+from .checkpoints import checkpoint_step, logged_through
 
 LAUNCH_VARIABLE = "NORMNET_RUN_DIR"
 # the run folder is ours and holds config.yaml before any logger starts: nothing of a logger's is deleted
@@ -99,7 +101,7 @@ def open_run_folder(cfg: DictConfig, kind: str, chosen: str | Path | None = None
                               f"{saved}, or choose another folder.")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, saved)
+        write_text(saved, OmegaConf.to_yaml(cfg))      # whole or not at all: other tasks may be reading it
     os.environ[LAUNCH_VARIABLE] = str(run_dir)      # read only by the ranks Lightning launches from here
     return run_dir
 
@@ -172,6 +174,8 @@ class Run:
             loggers = [self._csv_logger()]
             if cfg.logging.wandb:
                 use_offline_wandb_unless_keyed()
+                if wandb.run is not None:     # an earlier run of this process (cv folds): ended, not joined
+                    wandb.finish()
                 loggers.append(WandbLogger(project=cfg.logging.project, name=f"{cfg.name}-{self.dir.name}",
                                            group=cfg.logging.group, save_dir=str(self.dir),
                                            config=OmegaConf.to_container(cfg),
@@ -183,7 +187,10 @@ class Run:
         else:
             options.setdefault("limit_val_batches", 0)
         settings = {**trainer_settings(cfg), "logger": loggers, "callbacks": extra + [RichProgressBar()],
-                    "default_root_dir": str(self.dir), "enable_checkpointing": False, **options}  # ours: callbacks
+                    "default_root_dir": str(self.dir), **options,
+                    "enable_checkpointing": any(isinstance(c, Checkpoint) for c in extra)}   # none of Lightning's
+        if "SLURM_JOB_ID" in os.environ and "plugins" not in settings:   # our handlers stop and requeue, not its
+            settings["plugins"] = [SLURMEnvironment(auto_requeue=False)]
         return L.Trainer(**settings)
 
     def _csv_logger(self) -> CSVLogger:
@@ -193,9 +200,9 @@ class Run:
         metrics = self.dir / "metrics.csv"
         if self.resume is None or not metrics.is_file() or rank_zero_only.rank != 0:
             return logger
-        step = checkpoint_step(self.resume)
+        through = logged_through(self.resume)
         with open(metrics, newline="") as file:
-            kept = [row for row in csv.DictReader(file) if int(row["step"]) < step]
+            kept = [row for row in csv.DictReader(file) if int(row["step"]) <= through]
         writer = logger.experiment
         writer.metrics = kept
         writer.save()

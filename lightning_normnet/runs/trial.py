@@ -24,7 +24,7 @@ from ..methods import Method, method_of
 from ..methods.fitting import as_dict
 from ..scores import logged_metrics, read_evaluation
 from . import sweep_folder as shared
-from .run import Run, check_trainer, launched_rank, new_folder, open_run_folder
+from .run import Run, check_trainer, launched_rank, new_folder, open_run_folder, resume_point
 from .sweep_file import CHECKPOINT_STEP, Sweep, read_sweep, split_arguments
 
 # how a run is named and logged: no method's weights depend on it
@@ -89,11 +89,13 @@ def run_trial(sweep_path: str | Path, arguments: list[str], run_dir: str | Path 
         check_trainer(cfg)
     folder, key = sweep.folder(), training_key(cfg, method)
     if launched_rank():       # a DDP rank Lightning launched: do as the trial's first rank planned
-        run = Run(cfg, method, open_run_folder(cfg, "trial"))
+        trial_dir = open_run_folder(cfg, "trial")
+        run = Run(cfg, method, trial_dir, resume_point(trial_dir))
         plan = shared.read_record(run.dir)
         _train(run) if plan["trains_here"] else _evaluate(run, Path(plan["checkpoint"]))
         return run.dir
-    run = Run(cfg, method, open_run_folder(cfg, "trial", Path(run_dir) if run_dir else new_folder(folder, "trial")))
+    trial_dir = open_run_folder(cfg, "trial", Path(run_dir) if run_dir else new_folder(folder, "trial"))
+    run = Run(cfg, method, trial_dir, resume_point(trial_dir))    # a trial stopped mid-training goes on
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         _run_planned(run, sweep, folder, experiment, arguments, step, key, stale_after)
