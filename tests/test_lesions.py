@@ -1,4 +1,5 @@
 """The synthetic lesion generator (Sec. III-C) against its equations and distributions."""
+import json
 import math
 
 import numpy as np
@@ -58,20 +59,23 @@ def test_ellipsoid_counts_and_sizes_follow_the_configuration_and_scale_with_lamb
     assert lung[ell["batch"], 0, centres[:, 0], centres[:, 1], centres[:, 2]].all()   # centred in the lung
 
 
-def test_an_undeformed_ellipsoid_has_the_volume_of_its_semi_axes():
+@pytest.mark.parametrize("seed", range(6))
+def test_an_undeformed_ellipsoid_is_the_lattice_ball_of_its_semi_axes(seed):
+    """Semi-axes 6, no deformation or rotation, centred on a lung voxel of the middle region (so the whole
+    ball lies in the volume): every integer offset with x^2 + y^2 + z^2 < 36 (895) and none beyond 36; the 30
+    offsets on the sphere itself fall either way by float rounding. 895..925 is within 3 % of 4/3 pi 6^3 =
+    904.8, whatever the seed."""
     cfg = paper_cfg(small_count=[1, 1], medium_count=[0, 0], large_probability=0.0, small_semi_axes=[6, 6],
                     elastic=False, rotation=False, counts_scale_with_lambda=False)
-    lung = torch.ones(1, 1, 24, 24, 24, dtype=torch.bool)
-    lung[..., :6, :, :] = False               # centre lands in z >= 6 ...
-    lung[..., 18:, :, :] = False              # ... and z < 18, so the ball is whole
-    lung[..., :6, :] = False
-    lung[..., 18:, :] = False
-    lung[..., :6] = False
-    lung[..., 18:] = False
-    ball = torch.zeros_like(lung)
-    ball[..., 0:24, 0:24, 0:24] = True        # lesions may leave the centre region but stay in the lung below
-    image, lesion = synthesize(torch.zeros(1, 1, 24, 24, 24), ball, 1.0, cfg, torch.Generator().manual_seed(3))
-    assert lesion.sum().item() == pytest.approx(4 / 3 * math.pi * 6 ** 3, rel=0.05)
+    centres = torch.zeros(1, 1, 24, 24, 24, dtype=torch.bool)
+    centres[..., 6:18, 6:18, 6:18] = True
+    ell = _sample_ellipsoids(sampler(seed), centres, torch.ones(1), cfg)
+    voxels, _ = _render(ell, (24, 24, 24))
+    centre = ell["centre"][0].long()
+    rendered = torch.stack([voxels // 576, (voxels // 24) % 24, voxels % 24], 1) - centre
+    radius2 = (rendered ** 2).sum(1)
+    assert (radius2 <= 36).all() and int((radius2 < 36).sum()) == 895
+    assert len(voxels) == pytest.approx(4 / 3 * math.pi * 6 ** 3, rel=0.03)
 
 
 def test_lesions_stay_in_the_lung_and_only_brighten():
@@ -135,13 +139,21 @@ def test_texture_parameters_follow_eq4_and_eq8_constraints():
     assert p["mu0"].min() >= 0.4 and p["mu0"].max() <= 0.8
 
 
-def test_salt_noise_follows_the_probability_map():
+def test_fixed_a_range_gives_a_constant_probability_map():
     cfg = paper_cfg(a_range=[0.2, 0.2], a_min_gap=0.0)       # the 'fixed a' ablation: a = 0.2
     p = _texture_parameters(sampler(3), 5, cfg)
     assert torch.allclose(p["a_low"], torch.tensor(0.2)) and torch.allclose(p["a_high"], torch.tensor(0.2))
-    s = sampler(4)
-    b1 = (s.uniform((200000,), 0.0, 1.0) < 0.2).float()
-    assert b1.mean().item() == pytest.approx(0.2, abs=0.005)
+
+
+@pytest.mark.parametrize("a", [0.2, 0.7])
+def test_eq2_salt_noise_is_bernoulli_of_the_probability_map(a):
+    """a constant (a_L = a_U), sigma_b so small that the blur is the identity: b2 = b1 in {0, 1}, the mean of
+    b2 above 0.2 is 1, so beta = mu0 and B = mu0 * b1: B takes only the values 0 and mu0, and mu0 on a
+    fraction a of the blob (Bernoulli(a); 8000 voxels, binomial sd 0.005)."""
+    blob = torch.ones(1, 1, 20, 20, 20, dtype=torch.bool)
+    texture = blob_texture(sampler(11), blob, 3.0, a, a, 0.01, 0.6, 0.2)
+    assert torch.unique(texture).tolist() == pytest.approx([0.0, 0.6])
+    assert (texture > 0).float().mean().item() == pytest.approx(a, abs=0.02)
 
 
 def test_overlapping_ellipsoids_merge_into_one_blob():
@@ -184,3 +196,52 @@ def test_a_deformed_ellipsoid_does_not_depend_on_what_it_is_rendered_with():
     alone_voxels, _ = _render(alone, tuple(lung.shape[2:]))
     assert torch.equal(torch.sort(alone_voxels).values, torch.sort(voxels[ids == smallest]).values)
     assert len(alone_voxels) > 0
+
+
+def test_lambda_is_the_slabs_lung_over_the_largest_slab_lung(tmp_path):
+    """Two prepared volumes with 0, 10, 20, 30 and 40, 40 lung voxels per slice; slabs of 2 slices hold
+    10, 30, 50 and 80 lung voxels, so |M_max| = 80 and each slab's lambda is its count / 80."""
+    from datamodules.healthy import HealthySlabs
+
+    cases = []
+    for name, per_slice in (("a", [0, 10, 20, 30]), ("b", [40, 40])):
+        lung = np.zeros((len(per_slice), 5, 10), bool)
+        for z, count in enumerate(per_slice):
+            lung[z].flat[:count] = True
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "lung.npy", lung)
+        np.save(tmp_path / name / "image.npy", lung.astype(np.float32) * 0.5)
+        cases.append({"name": name, "source": name, "lung_per_slice": per_slice})
+    (tmp_path / "index.json").write_text(json.dumps({"cases": cases}))
+    slabs = HealthySlabs(tmp_path, [2, 5, 10], length=40, seed=0)
+    assert slabs.m_max == 80
+    seen = set()
+    for i in range(len(slabs)):
+        item = slabs[i]
+        assert item["lam"].item() == pytest.approx(item["lung"].sum().item() / 80)
+        seen.add(int(item["lung"].sum()))
+    assert seen == {10, 30, 50, 80}                    # every slab that holds lung is drawn
+
+
+def test_each_member_gets_its_own_lesions_and_the_target_is_built_from_h(monkeypatch):
+    """Members' generators are seeded by (seed, member, the batch's first item): members differ, the same
+    member at the same item repeats (a resumed run). The target (Eq. 1) is computed from H, not from A."""
+    import datamodules.healthy as healthy_module
+    from datamodules.healthy import HealthyCTDataModule, synthesize_members
+
+    cfg = load_config("normnet_quick", ["model.members=2", "lesions.length_scale=0.5"])
+    lung = ball_lung()
+    image = torch.rand(1, 1, *lung.shape[2:], generator=torch.Generator().manual_seed(0)) * 0.5 * lung
+    batch = {"image": image, "lung": lung, "lam": torch.ones(1)}
+    seen = []
+    original = healthy_module.training_target
+    monkeypatch.setattr(healthy_module, "training_target",
+                        lambda kind, h, *rest: seen.append(h) or original(kind, h, *rest))
+    datamodule = HealthyCTDataModule(cfg)
+    first = synthesize_members(batch, cfg, datamodule.generators(torch.device("cpu"), first_item=12))
+    again = synthesize_members(batch, cfg, datamodule.generators(torch.device("cpu"), first_item=12))
+    other = synthesize_members(batch, cfg, datamodule.generators(torch.device("cpu"), first_item=14))
+    assert not torch.equal(first["inputs"][0], first["inputs"][1])          # two members, two lesion sets
+    assert torch.equal(first["inputs"], again["inputs"]) and torch.equal(first["targets"], again["targets"])
+    assert not torch.equal(first["inputs"][0], other["inputs"][0])
+    assert seen and all(h is image for h in seen)                           # H, never A

@@ -35,6 +35,14 @@ def test_isolated_voxel_is_removed_and_a_lesion_grows_into_dim_voxels():
     assert not lesion[2, 2, 2]
     assert lesion[8, 8, 8]
     assert mean_filter(volume >= 0.33, 9)[8, 8, 8].item() == pytest.approx(125 / 729, rel=1e-6)
+    # I_e is the core block: one voxel out of it a 9^3 window holds 4 * 5 * 5 = 100 < 0.15 * 729 = 109.35
+    # bright voxels. The rim (x = 5) is not bright, but the dilation (6-neighbourhood) reaches it and I_g
+    # holds it: at its corner (6, 6, 5) the 7^3 window sees 4 * 4 rim + 4 * 4 * 3 core voxels, 64 / 343 =
+    # 0.187 > 0.15.
+    assert lesion[6:11, 6:11, 5].all()
+    assert not lesion[8, 5, 5] and not lesion[8, 8, 4]     # diagonal and two voxels out: not in the dilation
+    undilated = postprocess(volume, lung, healthy, OmegaConf.merge(cfg, {"dilation_radius": 0}))
+    assert not undilated[..., 5].any() and undilated[8, 8, 8]
 
 
 def test_dilation_elements():
