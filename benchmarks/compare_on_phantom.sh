@@ -23,7 +23,7 @@ runs=()
 runs+=("$(run normnet_quick)")
 runs+=("$(run threshold)")                       # its own grid: NormNet's 0.8 x 0.8 x 1 mm
 runs+=("$(run cyclegan preprocessing.spacing=[2.0,2.0,3.0] preprocessing.in_plane_size=[192,192] data.slab=[32,192,192] \
-          cyclegan.stages=6 cyclegan.base_channels=16 cyclegan.crop=128 cyclegan.epochs=3 cyclegan.decay_epochs=2 \
+          cyclegan.stages=6 cyclegan.base_channels=16 cyclegan.crop=128 cyclegan.epochs=3 cyclegan.schedule_epochs=3 cyclegan.decay_epochs=2 \
           cyclegan.val_every=3)")
 runs+=("$(run unet3d $QUICK_GRID unet3d.patch=[96,96,32] unet3d.channels=[16,32,64,128,256] unet3d.max_epochs=15 \
           unet3d.batches_per_epoch=20)")

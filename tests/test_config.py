@@ -214,6 +214,7 @@ def test_make_train_takes_experiment_as_exp():
 
 @pytest.mark.parametrize("experiment, override, message", [
     ("cyclegan", "cyclegan.epochs=-1", "cyclegan.epochs=-1 must be at least 1"),
+    ("cyclegan", "cyclegan.decay_epochs=120", "must be at most cyclegan.schedule_epochs=100"),
     ("infnet", "infnet.batch_size=-2", "infnet.batch_size=-2 must be at least 1"),
     ("infnet", "infnet.threshold=1.5", r"infnet.threshold=1.5 must lie in \[0, 1\]"),
     ("semi_infnet", "semi.k=0", "semi.k=0 must be at least 1"),

@@ -56,8 +56,8 @@ def test_losses_by_hand(tiny_overrides):
 
 
 def test_learning_rate_schedule_by_hand():
-    factor = linear_decay(100, 50)
-    assert [factor(e) for e in (0, 50, 75, 99, 100)] == pytest.approx([1, 1, 0.5, 0.02, 0])
+    factor = linear_decay(100, 50)       # epochs 0-49 at 1; 50 at 49/50; 74 at 25/50; the last, 99, at 0
+    assert [factor(e) for e in (0, 49, 50, 74, 84, 99)] == pytest.approx([1, 1, 0.98, 0.5, 0.3, 0])
 
 
 def test_image_pool_keeps_its_size_and_returns_old_fakes():
@@ -110,3 +110,22 @@ def test_postprocessing_equals_the_plain_scipy_reference():
         batched = extract_lesions(*(torch.from_numpy(a)[:, None] for a in (infected, healthy, lung)),
                                   clustering=clustering)[:, 0].numpy()
         assert reference.sum() > 500 and np.array_equal(batched, reference)
+
+
+def test_the_paper_configuration_trains_and_infers_on_lung_centred_256_slices():
+    """Seed 002: 1 mm slices cropped to 256 x 256 (around the lungs here), the 256 crop is then the whole
+    slice; 100-epoch schedule, stopped at 85. A lung box of rows 100-299 and columns 150-349 of a 512^2
+    slice is cut from row 200 - 128 = 72 and column 250 - 128 = 122, which centres it."""
+    from lightning_normnet.preprocessing import crop_or_pad, lung_centred_window
+
+    c = load_config("cyclegan")
+    assert list(c.preprocessing.in_plane_size) == [256, 256] and list(c.preprocessing.spacing) == [1.0, 1.0, 1.0]
+    assert c.cyclegan.crop == 256 and (c.cyclegan.epochs, c.cyclegan.schedule_epochs, c.cyclegan.decay_epochs) == \
+        (85, 100, 50)
+    lung = np.zeros((3, 512, 512), bool)
+    lung[1, 100:300, 150:350] = True
+    start = lung_centred_window(lung, [256, 256])
+    assert start == (1, 72, 122)
+    cropped = crop_or_pad(lung, start, (2, 256, 256))
+    rows, cols = np.flatnonzero(cropped.any(axis=(0, 2))), np.flatnonzero(cropped.any(axis=(0, 1)))
+    assert (rows[0] + rows[-1] + 1) / 2 == 128 and (cols[0] + cols[-1] + 1) / 2 == 128

@@ -34,7 +34,7 @@ METHODS = {
     "normnet_quick": [],
     "threshold": [],
     "cyclegan": ["data.phantom.train_volumes=2", "cyclegan.stages=4", "cyclegan.base_channels=4", "cyclegan.crop=32",
-                 "cyclegan.epochs=1", "cyclegan.decay_epochs=1", "cyclegan.min_lesion_pixels=5",
+                 "cyclegan.epochs=1", "cyclegan.schedule_epochs=1", "cyclegan.decay_epochs=1", "cyclegan.min_lesion_pixels=5",
                  "cyclegan.min_lung_pixels=50"],
     "infnet": SLICES,
     "semi_infnet": SLICES + SEMI,

@@ -29,7 +29,7 @@ UNET = ["data.phantom.train_volumes=2", "unet3d.patch=[32,32,8]", "unet3d.channe
         "unet3d.plateau_patience=0",
         "unet3d.augmentation_probability=0.5", "trainer.log_every_n_steps=1"]
 CYCLEGAN = ["data.phantom.train_volumes=2", "cyclegan.stages=4", "cyclegan.base_channels=4", "cyclegan.crop=32",
-            "cyclegan.epochs=3", "cyclegan.decay_epochs=2", "cyclegan.val_every=2", "cyclegan.pool_size=2",
+            "cyclegan.epochs=3", "cyclegan.schedule_epochs=3", "cyclegan.decay_epochs=2", "cyclegan.val_every=2", "cyclegan.pool_size=2",
             "cyclegan.min_lesion_pixels=5", "cyclegan.min_lung_pixels=50", "trainer.limit_train_batches=3",
             "trainer.log_every_n_steps=1"]
 

@@ -53,9 +53,13 @@ register(Method(
 
 def _validate_cyclegan(cfg: DictConfig) -> None:
     require_counts(cfg, [f"cyclegan.{k}" for k in ("stages", "base_channels", "crop", "batch_size", "epochs",
-                                                    "val_every", "median_kernel", "gaussian_size")])
+                                                    "schedule_epochs", "val_every", "median_kernel",
+                                                    "gaussian_size")])
     require_counts(cfg, ["cyclegan.decay_epochs", "cyclegan.pool_size"], minimum=0)
     c = cfg.cyclegan
+    if c.decay_epochs > c.schedule_epochs:
+        raise ConfigError(f"cyclegan.decay_epochs={c.decay_epochs} must be at most cyclegan.schedule_epochs="
+                          f"{c.schedule_epochs} (the decay ends the schedule).")
     for key, neutral in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
         if cfg.trainer.get(key, neutral) != neutral:      # Lightning refuses both mid-run for manual optimisation
             raise ConfigError(f"trainer.{key} is not available to the cycle-GAN, which steps its two optimisers "

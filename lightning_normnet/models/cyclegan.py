@@ -4,7 +4,8 @@ X = infected slices, Y = healthy slices. G_XY makes a synthetic healthy slice, G
 D_X, D_Y are 70x70 PatchGANs. Generator loss: LSGAN (D(G(.)) - 1)^2 for both directions +
 lambda_cycle (10) * L1 cycle + lambda_identity (5) * L1 identity (Eq. 1-4); discriminators:
 0.5 * [(D(real) - 1)^2 + D(fake)^2], the fakes drawn from a 50-image history pool. Adam 2e-4,
-betas (0.5, 0.999), the learning rate constant, then linear to 0 over the last 50 of 100 epochs.
+betas (0.5, 0.999), the learning rate constant, then linear to 0 over the last 50 of a 100-epoch schedule,
+stopped at the 85th epoch as the paper's authors did.
 Manual optimisation: one generator and one discriminator step per batch.
 A lesion is infected - G_XY(infected) after the paper's post-processing, slice by slice.
 """
@@ -45,9 +46,11 @@ class ImagePool:
         return torch.stack(out)
 
 
-def linear_decay(epochs: int, decay_epochs: int):
-    """Learning-rate factor after `epoch` finished epochs: 1, then linearly to 0 over the last `decay_epochs`."""
-    return lambda epoch: min(1.0, max(0.0, (epochs - epoch) / decay_epochs))
+def linear_decay(schedule_epochs: int, decay_epochs: int):
+    """Learning-rate factor of epoch `epoch` (0-based) of a `schedule_epochs` schedule: 1, then linearly down
+    over the last `decay_epochs`, the last epoch at 0 (100 and 50: 1 through epoch 49, 0.98 at epoch 50,
+    0 at epoch 99)."""
+    return lambda epoch: min(1.0, max(0.0, (schedule_epochs - 1 - epoch) / decay_epochs))
 
 
 def lsgan(prediction: torch.Tensor, target: float) -> torch.Tensor:
@@ -135,6 +138,6 @@ class CycleGAN(SegmentationModule):
                                       betas=tuple(c.betas))
         discriminators = torch.optim.Adam(list(self.d_x.parameters()) + list(self.d_y.parameters()), lr=c.lr,
                                           betas=tuple(c.betas))
-        factor = linear_decay(c.epochs, c.decay_epochs)
+        factor = linear_decay(c.schedule_epochs, c.decay_epochs)
         schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in (generators, discriminators)]
         return [generators, discriminators], schedulers
