@@ -34,11 +34,11 @@ METHODS = {
     "normnet_quick": [],
     "threshold": [],
     "cyclegan": ["data.phantom.train_volumes=2", "cyclegan.stages=4", "cyclegan.base_channels=4", "cyclegan.crop=32",
-                 "cyclegan.epochs=1", "cyclegan.schedule_epochs=1", "cyclegan.decay_epochs=1", "cyclegan.min_lesion_pixels=5",
-                 "cyclegan.min_lung_pixels=50"],
+                 "cyclegan.epochs=1", "cyclegan.schedule_epochs=1", "cyclegan.decay_epochs=1",
+                 "cyclegan.min_lesion_pixels=5", "cyclegan.min_lung_pixels=50"],
     "infnet": SLICES,
     "semi_infnet": SLICES + SEMI,
-    "unet3d": ["data.phantom.train_volumes=2", "unet3d.patch=[32,32,8]", "unet3d.channels=[4,8,16]",
+    "unet3d": ["data.phantom.train_volumes=2", "unet3d.patch=[32,32,16]", "unet3d.channels=[4,4,8,8,16]",
                "unet3d.batches_per_epoch=2", "unet3d.max_epochs=1"],
 }
 LABEL_FREE = {"normnet_quick", "threshold", "cyclegan"}

@@ -7,6 +7,7 @@ stop's exit status and line, unfinished runs refused by compare and evaluate, a 
 again, and a run folder refused to another configuration."""
 from __future__ import annotations
 
+import csv
 import os
 import re
 import signal
@@ -24,14 +25,14 @@ from .conftest import TINY
 
 NORMNET = ["trainer.max_steps=6", "trainer.val_check_interval=2", "trainer.checkpoint_every=2",
            "trainer.log_every_n_steps=1"]
-UNET = ["data.phantom.train_volumes=2", "unet3d.patch=[32,32,8]", "unet3d.channels=[4,8,16]",
+UNET = ["data.phantom.train_volumes=2", "unet3d.patch=[32,32,16]", "unet3d.channels=[4,4,8,8,16]",
         "unet3d.batches_per_epoch=3", "unet3d.batch_size=1", "unet3d.max_epochs=5", "unet3d.val_every=2",
-        "unet3d.plateau_patience=0",
+        "unet3d.plateau_patience=0", "unet3d.min_lr=1e-12",
         "unet3d.augmentation_probability=0.5", "trainer.log_every_n_steps=1"]
 CYCLEGAN = ["data.phantom.train_volumes=2", "cyclegan.stages=4", "cyclegan.base_channels=4", "cyclegan.crop=32",
-            "cyclegan.epochs=3", "cyclegan.schedule_epochs=3", "cyclegan.decay_epochs=2", "cyclegan.val_every=2", "cyclegan.pool_size=2",
-            "cyclegan.min_lesion_pixels=5", "cyclegan.min_lung_pixels=50", "trainer.limit_train_batches=3",
-            "trainer.log_every_n_steps=1"]
+            "cyclegan.epochs=3", "cyclegan.schedule_epochs=3", "cyclegan.decay_epochs=2", "cyclegan.val_every=2",
+            "cyclegan.pool_size=2", "cyclegan.min_lesion_pixels=5", "cyclegan.min_lung_pixels=50",
+            "trainer.limit_train_batches=3", "trainer.log_every_n_steps=1"]
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +124,16 @@ def test_unet3d_stopped_and_resumed_is_the_run_never_stopped(tmp_path, monkeypat
     assert status == 128 + signal.SIGTERM
     assert_same_run(straight, resumed)
     lr = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)["optimizer_states"][0]
-    assert lr["param_groups"][0]["lr"] < 1e-3        # the plateau schedule did act (patience 0)
+    lr = lr["param_groups"][0]["lr"]
+    assert lr < 1e-3                                 # the plateau schedule did act (patience 0)
+    # ... on the training loss, as seed 004: replayed on the epochs' logged mean losses, it ends at that rate
+    with open(straight / "metrics.csv", newline="") as file:
+        losses = [float(row["train/epoch_loss"]) for row in csv.DictReader(file) if row["train/epoch_loss"]]
+    replay = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(replay, mode="min", factor=0.1, patience=0, min_lr=1e-12)
+    for loss in losses:
+        plateau.step(loss)
+    assert len(losses) == 5 and replay.param_groups[0]["lr"] == pytest.approx(lr)
 
 
 @pytest.mark.parametrize("stop_at", [4, 8], ids=["epoch-end", "mid-epoch"])

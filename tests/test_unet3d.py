@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torchio as tio
+from omegaconf import OmegaConf
 
 from datamodules.labelled_patches import augmentation, class_labels, random_patch
 from lightning_normnet.cli import main
+from lightning_normnet.config import load_config
 from lightning_normnet.folds import fold_assignment
 from lightning_normnet.models.unet3d import tversky_cross_entropy
 
@@ -71,7 +73,7 @@ def test_fold_assignment():
         fold_assignment(volumes, 8, seed=0)
 
 
-UNET = ["unet3d.patch=[32,32,8]", "unet3d.channels=[4,8,16]", "unet3d.batches_per_epoch=2", "unet3d.max_epochs=1"]
+UNET = ["unet3d.patch=[32,32,16]", "unet3d.channels=[4,4,8,8,16]", "unet3d.batches_per_epoch=2", "unet3d.max_epochs=1"]
 
 
 def test_cross_validation(tmp_path, tiny_overrides):
@@ -128,3 +130,26 @@ def test_compare_keeps_the_shared_datasets_and_checks_their_volumes():
     check_same_volumes([normnet, infnet], datasets)
     with pytest.raises(InputError, match="1 only in normnet, 0 only in fewer: phantom/b"):
         check_same_volumes([normnet, run("fewer", False, [("phantom", "a")])], datasets)
+
+
+def test_the_network_is_the_standard_3d_unet_of_seed_004():
+    """Fig. 3 of seed 004: per level two 3x3x3 convolutions each with batch norm and ReLU (5 levels: 10 in
+    the encoder, 8 in the decoder), four 2x2x2 max poolings, four 2x2x2 stride-2 transposed convolutions,
+    32 feature maps at full resolution and 512 at the lowest, a 1x1x1 output convolution."""
+    from torch import nn
+
+    from lightning_normnet.models.unet3d import SupervisedUNet
+
+    net = SupervisedUNet(OmegaConf.to_container(load_config("unet3d"), resolve=True)).net
+    modules = list(net.modules())
+    convs = [m for m in modules if isinstance(m, nn.Conv3d) and m.kernel_size == (3, 3, 3)]
+    assert len(convs) == 18 and all(m.stride == (1, 1, 1) for m in convs)
+    assert sum(isinstance(m, nn.BatchNorm3d) for m in modules) == 18
+    assert sum(isinstance(m, nn.ReLU) for m in modules) == 18 and not any(isinstance(m, nn.PReLU) for m in modules)
+    pools = [m for m in modules if isinstance(m, nn.MaxPool3d)]
+    assert len(pools) == 4 and all(m.kernel_size in (2, (2, 2, 2)) for m in pools)
+    ups = [m for m in modules if isinstance(m, nn.ConvTranspose3d)]
+    assert len(ups) == 4 and all(m.kernel_size == (2, 2, 2) and m.stride == (2, 2, 2) for m in ups)
+    assert convs[0].out_channels == 32 and max(m.out_channels for m in convs) == 512
+    final = [m for m in modules if isinstance(m, nn.Conv3d) and m.kernel_size == (1, 1, 1)]
+    assert len(final) == 1 and final[0].out_channels == 3

@@ -112,15 +112,18 @@ def _validate_unet3d(cfg: DictConfig) -> None:
     require_fractions(cfg, ["unet3d.augmentation_probability", "unet3d.tversky_alpha", "unet3d.tversky_beta"])
     if any(p < 1 for p in cfg.unet3d.patch):
         raise ConfigError(f"unet3d.patch={list(cfg.unet3d.patch)} must be positive on every axis.")
-    multiple = 2 ** (len(cfg.unet3d.channels) - 1)
-    if any(p % multiple for p in cfg.unet3d.patch):
-        raise ConfigError(f"unet3d.patch={list(cfg.unet3d.patch)} must be a multiple of {multiple} on every "
-                          f"axis ({len(cfg.unet3d.channels) - 1} downsamplings of unet3d.channels).")
+    if len(cfg.unet3d.channels) != 5:
+        raise ConfigError(f"unet3d.channels={list(cfg.unet3d.channels)} must give 5 levels' feature maps (the "
+                          "standard U-Net's four poolings; the paper's 32 to 512).")
+    if any(p % 16 for p in cfg.unet3d.patch):
+        raise ConfigError(f"unet3d.patch={list(cfg.unet3d.patch)} must be a multiple of 16 on every axis (four "
+                          "poolings).")
 
 
 def _fit_unet3d(cfg: DictConfig, run) -> None:
     u = cfg.unet3d
-    stopping = EarlyStopping(monitor="val/dsc", mode="max", patience=u.early_stopping_patience, strict=False)
+    stopping = EarlyStopping(monitor="train/epoch_loss", mode="min", patience=u.early_stopping_patience,
+                             check_on_train_epoch_end=True)      # the training loss, as the paper
     train_by_epochs(run, SupervisedUNet(as_dict(cfg)), u.max_epochs, u.val_every, [stopping],
                     reload_dataloaders_every_n_epochs=1)
 

@@ -1,22 +1,24 @@
 """The supervised 3D U-Net of Mueller et al. (MIScnn) as a LightningModule.
 
-A standard 3D U-Net (MONAI): 32 feature maps at full resolution to 512 at the lowest, batch norm,
-stride-2 downsampling, transposed-convolution upsampling; loss Eq. (5)-(7): the multi-class Tversky
-loss N - sum_c TP_c / (TP_c + a FN_c + b FP_c) (a = b = 0.5, counts summed over the batch) plus
-categorical cross-entropy; Adam 1e-3, the learning rate x0.1 when the validation DSC has not risen for
-15 epochs (min 1e-5) and early stopping after 100 (the authors monitored the training loss). Inference:
-sliding windows of the patch size with half-patch overlap, averaged.
+The standard 3D U-Net of seed 004 (Fig. 3), built as MONAI's BasicUNet: per level two 3x3x3
+convolutions, each followed by batch norm and ReLU; 2x2x2 max pooling down, 2x2x2 transposed
+convolutions of stride 2 up, skip connections by concatenation; 32 feature maps at full resolution to
+512 at the lowest (four poolings). Loss Eq. (5)-(7): the multi-class Tversky loss
+N - sum_c TP_c / (TP_c + a FN_c + b FP_c) (a = b = 0.5, counts summed over the batch) plus categorical
+cross-entropy. Adam 1e-3; as the paper, nothing watches the validation: the learning rate x0.1 when the
+training loss has not decreased for 15 epochs (min 1e-5), and early stopping when it has not for 100.
+Inference: sliding windows of the patch size with half-patch overlap, averaged.
 
-The plateau schedule is stepped here, at the end of each validation of the fit, with rank 0's DSC on
-every rank, and its state goes into checkpoints: Lightning would step it only on the ranks that logged
-the DSC, and not at all for the epoch a run resumed from an epoch-end checkpoint.
+The epoch's mean training loss (averaged over ranks) steps the plateau here, at the epoch's end; the
+schedule and the epoch's running sum go into checkpoints, so a resumed run steps it as the unbroken one
+(Lightning skips a plateau step for an epoch a run resumed at).
 """
 from __future__ import annotations
 
 import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import TverskyLoss
-from monai.networks.nets import UNet
+from monai.networks.nets import BasicUNet
 from torch import nn
 
 from ..inference import VolumePrediction
@@ -44,15 +46,18 @@ class SupervisedUNet(SegmentationModule):
     def __init__(self, config: dict):
         super().__init__(config)
         u = self.cfg.unet3d
-        self.net = UNet(spatial_dims=3, in_channels=1, out_channels=u.classes, channels=tuple(u.channels),
-                        strides=(2,) * (len(u.channels) - 1), num_res_units=0, norm="BATCH")
+        self.net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=u.classes,
+                             features=(*u.channels, u.channels[0]), act="relu", norm="batch", dropout=0.0,
+                             upsample="deconv")
         self.loss = tversky_cross_entropy(u.tversky_alpha, u.tversky_beta)
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
+        self.epoch_loss = [0.0, 0]          # this epoch's summed training loss and batches
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self.net(batch["image"]), batch["label"])
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.epoch_loss = [self.epoch_loss[0] + float(loss), self.epoch_loss[1] + 1]
         return loss
 
     def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> VolumePrediction:
@@ -66,25 +71,27 @@ class SupervisedUNet(SegmentationModule):
     def configure_optimizers(self):
         u = self.cfg.unet3d
         optimizer = torch.optim.Adam(self.parameters(), lr=u.lr)
-        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1,
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                                   patience=u.plateau_patience, min_lr=u.min_lr)
         if self._plateau_state is not None:      # a resumed run (the checkpoint is read before this is made)
             self.plateau.load_state_dict(self._plateau_state)
         return optimizer
 
-    def on_validation_end(self) -> None:
-        """One plateau step per validation of the fit: the patience counts validations."""
-        trainer = self.trainer
-        if trainer.sanity_checking or trainer.state.fn != "fit" or self.plateau is None:
-            return
-        score = trainer.callback_metrics.get("val/dsc")          # logged by rank 0 only
-        score = trainer.strategy.broadcast(None if score is None else float(score), src=0)
-        if score is not None:
-            self.plateau.step(score)
+    def on_train_epoch_end(self) -> None:
+        """The epoch's mean training loss: one plateau step, and `train/epoch_loss` for early stopping."""
+        total, batches = self.epoch_loss
+        mean = float(self.trainer.strategy.reduce(torch.tensor(total / max(batches, 1), device=self.device),
+                                                  reduce_op="mean"))
+        self.epoch_loss = [0.0, 0]
+        self.log("train/epoch_loss", mean, on_step=False, on_epoch=True)
+        if self.plateau is not None:
+            self.plateau.step(mean)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["epoch_loss"] = list(self.epoch_loss)
         if self.plateau is not None:
             checkpoint["plateau"] = self.plateau.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._plateau_state = checkpoint.get("plateau")
+        self.epoch_loss = list(checkpoint.get("epoch_loss", [0.0, 0]))
