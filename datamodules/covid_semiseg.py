@@ -70,6 +70,11 @@ def read_binary(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path).convert("L")) > 127).float()[None]
 
 
+def read_grey(path: Path) -> torch.Tensor:
+    """A soft mask: grey levels as [0, 1]."""
+    return torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255)[None]
+
+
 def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     size = (size, size) if isinstance(size, int) else size
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -83,15 +88,17 @@ def edges_of(mask: torch.Tensor) -> torch.Tensor:
 
 
 class TrainingSlices(Dataset):
-    """(image, mask, edge) pairs at `size`; masks from files, edges from files or from the mask."""
+    """(image, mask, edge, soft) items at `size`: binary masks (the doctors' labels) binarised after
+    resizing, soft ones (Semi-Inf-Net's pseudo-labels) kept as they are; edges from files or from the
+    binarised mask."""
 
-    def __init__(self, items: list[tuple[Path, Path, Path | None]], size: int):
+    def __init__(self, items: list[tuple[Path, Path, Path | None, bool]], size: int):
         self.items, self.size = items, size
 
     @classmethod
     def labelled(cls, folder: Path, size: int) -> "TrainingSlices":
         edges = folder / "Edge"
-        items = [(i, companion(folder / "GT", i), companion(edges, i) if edges.is_dir() else None)
+        items = [(i, companion(folder / "GT", i), companion(edges, i) if edges.is_dir() else None, False)
                  for i in images_in(folder / "Imgs")]
         return cls(items, size)
 
@@ -99,9 +106,9 @@ class TrainingSlices(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        image, mask, edge = self.items[i]
-        gt = (resize(read_binary(mask), self.size) > 0.5).float()
-        edge_map = (resize(read_binary(edge), self.size) > 0.5).float() if edge else edges_of(gt)
+        image, mask, edge, soft = self.items[i]
+        gt = resize(read_grey(mask), self.size) if soft else (resize(read_binary(mask), self.size) > 0.5).float()
+        edge_map = (resize(read_binary(edge), self.size) > 0.5).float() if edge else edges_of((gt > 0.5).float())
         return {"image": imagenet_normalise(resize(read_rgb(image), self.size)), "mask": gt, "edge": edge_map}
 
 
@@ -138,9 +145,9 @@ class SliceSegmentationDataModule(EvaluationDataModule):
     none when data.test=[]) and on COVID-SemiSeg's test slices. Under cross-validation (`cv.fold` = f),
     fold f of the labelled slices is held out: not trained on, and validated on instead of the test slices."""
 
-    def __init__(self, cfg, extra_training: list[tuple[Path, Path, Path | None]] | None = None,
+    def __init__(self, cfg, extra_training: list[tuple[Path, Path, Path | None, bool]] | None = None,
                  labelled: bool = True, evaluate: bool = True, batch_size: int | None = None):
-        """`extra_training`: (image, mask, edge) items beside (or, labelled=False, instead of) the labelled
+        """`extra_training`: (image, mask, edge, soft) items beside (or, labelled=False, instead of) the labelled
         slices; `batch_size`: other than infnet.batch_size (Semi-Inf-Net's step (i))."""
         super().__init__(cfg)
         self.extra_training, self.labelled, self.evaluate = extra_training or [], labelled, evaluate

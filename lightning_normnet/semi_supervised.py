@@ -14,6 +14,13 @@ import numpy as np
 from .io import write_text
 
 
+def soft_pseudo_label(probability: np.ndarray) -> np.ndarray:
+    """A pseudo-label as the authors' PseudoGenerator.py keeps it: the probability map rescaled to its own
+    [min, max], as 8-bit grey levels (not binarised)."""
+    low, high = float(probability.min()), float(probability.max())
+    return np.round(255 * (probability - low) / (high - low + 1e-8)).astype(np.uint8)
+
+
 @dataclass
 class PseudoLabelPool:
     remaining: list[str]                              # unlabelled slices not yet pseudo-labelled

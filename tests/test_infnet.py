@@ -2,9 +2,13 @@
 bookkeeping (a tiny train, evaluate and Semi-Inf-Net's rounds are in test_methods)."""
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch import nn
 
+from lightning_normnet.config import load_config
 from lightning_normnet.losses import boundary_weights, structure_loss, weighted_bce
 from lightning_normnet.models.infnet import load_backbone_weights
 from lightning_normnet.networks.infnet import InfNet
@@ -87,3 +91,49 @@ def test_pseudo_label_rounds_and_resume(tmp_path):
         uninterrupted.add(drawn, tmp_path / "other.json")
         pool = PseudoLabelPool.load_or_start(state, slices, seed=3)     # as after a restart
     assert sizes == [5, 5, 2] and sorted(pool.labelled) == slices and pool.round == 3
+
+
+def _kinds(module: nn.Module) -> list[str]:
+    return [type(m).__name__ for m in module.modules() if not isinstance(m, nn.Sequential)]
+
+
+def test_the_layers_are_the_authors():
+    """InfNet_Res2Net.py: BasicConv2d (conv + BN, no ReLU) in the partial decoder, the edge branch and the
+    reverse attentions' 1x1 reductions; ReLU after the reverse attentions' middle convolutions (three 5x5 of
+    256 channels in the deepest, two 3x3 of 64 in the others); their last convolution has batch norm, 1x1
+    in the deepest and 3x3 in the others; the edge head is a 3x3 convolution with batch norm."""
+    from lightning_normnet.networks.infnet import PartialDecoder
+
+    net = InfNet()
+    assert "ReLU" not in _kinds(PartialDecoder()) and "ReLU" not in _kinds(net.edge_features)
+    assert _kinds(net.edge_head) == ["Conv2d", "BatchNorm2d"] and net.edge_head[0].kernel_size == (3, 3)
+    for ra, channels, kernel, convs, head in ((net.ra5, 256, 5, 3, 1), (net.ra4, 64, 3, 2, 3),
+                                              (net.ra3, 64, 3, 2, 3)):
+        assert _kinds(ra.reduce) == ["Conv2d", "BatchNorm2d"] and ra.reduce[0].out_channels == channels
+        middle, last = list(ra.refine)[:-1], list(ra.refine)[-1]
+        assert len(middle) == convs and all(_kinds(m) == ["Conv2d", "BatchNorm2d", "ReLU"] for m in middle)
+        assert all(m[0].kernel_size == (kernel, kernel) and m[0].out_channels == channels for m in middle)
+        assert _kinds(last) == ["Conv2d", "BatchNorm2d"] and last[0].kernel_size == (head, head)
+        assert last[0].out_channels == 1
+
+
+def test_pseudo_labels_are_soft_as_the_authors_keep_them(tmp_path):
+    """A probability map of 0.2, 0.4, 1.0 rescaled to its own [min, max]: 0, 0.25, 1 -> grey 0, 64 (63.75), 255.
+    Read back for training, a soft mask keeps its grey levels; a doctor's label is binarised."""
+    from datamodules.covid_semiseg import TrainingSlices
+    from lightning_normnet.semi_supervised import soft_pseudo_label
+
+    assert soft_pseudo_label(np.array([[0.2, 0.4], [1.0, 0.2]])).tolist() == [[0, 64], [255, 0]]
+    grey = np.zeros((8, 8), np.uint8)
+    grey[:, 4:] = 64
+    grey[:4, 4:] = 191
+    Image.fromarray(grey).save(tmp_path / "mask.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "image.png")
+    soft, binary = (TrainingSlices([(tmp_path / "image.png", tmp_path / "mask.png", None, s)], 8)[0]["mask"]
+                    for s in (True, False))
+    assert sorted(torch.unique(soft).tolist()) == pytest.approx([0, 64 / 255, 191 / 255])
+    assert sorted(torch.unique(binary).tolist()) == [0.0, 1.0] and binary[0, 0, 7] == 1 and binary[0, 7, 7] == 0
+
+
+def test_semi_inf_net_fine_tunes_each_round_as_the_authors():
+    assert load_config("semi_infnet").semi.round_epochs == 9     # PseudoGenerator.py: epochs 1..9 a round

@@ -205,7 +205,7 @@ def test_a_held_out_fold_is_not_trained_on(shared):
     slices = SliceSegmentationDataModule(cfg)
     slices.prepare_data()
     slices.setup("fit")
-    trained = {image.stem for image, _, _ in slices.train_set.items}
+    trained = {item[0].stem for item in slices.train_set.items}
     held = {image.stem for image in slices.test_slices.images}
     assert held and not trained & held and trained | held == {name for _, name in labelled_slices(cfg)}
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
@@ -16,7 +15,7 @@ from datamodules.covid_semiseg import SemiSegFolders, SliceSegmentationDataModul
 from ..datasets.sources import prepare_semiseg
 from ..io import write_atomically
 from ..models.infnet import InfNetModel
-from ..semi_supervised import PseudoLabelPool
+from ..semi_supervised import PseudoLabelPool, soft_pseudo_label
 from .fitting import as_dict, train_by_epochs
 
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ def fit_semi_infnet(cfg: DictConfig, run: Run) -> None:
         write_atomically(round_model, lambda tmp: torch.save(model.state_dict(), tmp))
     while not pool.done:   # lines 3-8
         drawn = pool.draw(semi.k)
-        _write_pseudo_labels(model, [Path(p) for p in drawn], masks, cfg.infnet.train_size, cfg.infnet.threshold)
+        _write_pseudo_labels(model, [Path(p) for p in drawn], masks, cfg.infnet.train_size)
         datamodule = SliceSegmentationDataModule(cfg, _pseudo_items(pool.labelled + drawn, masks), evaluate=False)
         _fit_quietly(run, model, datamodule, semi.round_epochs)
         write_atomically(round_model, lambda tmp: torch.save(model.state_dict(), tmp))
@@ -55,17 +54,19 @@ def fit_semi_infnet(cfg: DictConfig, run: Run) -> None:
     train_by_epochs(run, final, semi.finetune_epochs, cfg.infnet.val_every)
 
 
-def _pseudo_items(images: list[str], masks: Path) -> list[tuple[Path, Path, None]]:
-    return [(Path(p), masks / f"{Path(p).stem}.png", None) for p in images]
+def _pseudo_items(images: list[str], masks: Path) -> list[tuple[Path, Path, None, bool]]:
+    """(image, soft pseudo-label, no edge file, soft) training items."""
+    return [(Path(p), masks / f"{Path(p).stem}.png", None, True) for p in images]
 
 
 @torch.no_grad()
-def _write_pseudo_labels(model: InfNetModel, images: list[Path], masks: Path, size: int, threshold: float) -> None:
-    """Line 4: the model's S_3 > threshold, at each slice's own size, as a PNG beside the others."""
+def _write_pseudo_labels(model: InfNetModel, images: list[Path], masks: Path, size: int) -> None:
+    """Line 4: the model's soft S_3 map (semi_supervised.soft_pseudo_label), at each slice's own size, as a
+    PNG beside the others."""
     model.eval()
     masks.mkdir(parents=True, exist_ok=True)
     for item in TestSlices(images, None, size):
         probability = model.probability(item["image"][None].to(model.device), (item["height"], item["width"]))
-        mask = Image.fromarray((probability[0, 0] > threshold).cpu().numpy().astype(np.uint8) * 255)
+        mask = Image.fromarray(soft_pseudo_label(probability[0, 0].cpu().numpy()))
         write_atomically(masks / f"{item['name']}.png", mask.save)
     model.train()

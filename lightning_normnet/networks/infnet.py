@@ -4,6 +4,13 @@ modules refining S_g from the deepest features upwards.
 
 Features: f2 = layer1 (stride 4, low-level, edges), f3, f4, f5 = layers 2-4 (strides 8, 16, 32).
 Every output is a logit map at the input's size: S_g, S_5, S_4, S_3 (the prediction) and the edge map.
+
+The layers are the authors' (DengPingFan/Inf-Net, Code/model_lung_infection/InfNet_Res2Net.py), where the
+paper gives no detail: their BasicConv2d is a convolution and batch norm without ReLU, used so in the
+partial decoder, the edge branch and the reverse attentions' 1x1 reductions; a ReLU follows only the
+reverse attentions' middle convolutions and the RFB's sum. The deepest reverse attention has 256 channels
+and 5x5 convolutions, the others 64 and 3x3; each ends in a convolution with batch norm (1x1 for the
+deepest, 3x3 for the others), as does the edge head.
 """
 from __future__ import annotations
 
@@ -50,10 +57,10 @@ class PartialDecoder(nn.Module):
 
     def __init__(self, c: int = 32):
         super().__init__()
-        self.up5_4, self.up5_3, self.up4_3 = conv_bn(c, c), conv_bn(c, c), conv_bn(c, c)
-        self.up5_cat, self.up4_cat = conv_bn(c, c), conv_bn(2 * c, 2 * c)
-        self.cat4, self.cat3 = conv_bn(2 * c, 2 * c), conv_bn(3 * c, 3 * c)
-        self.head = nn.Sequential(conv_bn(3 * c, 3 * c), nn.Conv2d(3 * c, 1, 1))
+        self.up5_4, self.up5_3, self.up4_3 = (conv_bn(c, c, relu=False) for _ in range(3))
+        self.up5_cat, self.up4_cat = conv_bn(c, c, relu=False), conv_bn(2 * c, 2 * c, relu=False)
+        self.cat4, self.cat3 = conv_bn(2 * c, 2 * c, relu=False), conv_bn(3 * c, 3 * c, relu=False)
+        self.head = nn.Sequential(conv_bn(3 * c, 3 * c, relu=False), nn.Conv2d(3 * c, 1, 1))
 
     def forward(self, f3: torch.Tensor, f4: torch.Tensor, f5: torch.Tensor) -> torch.Tensor:
         f4_1 = self.up5_4(_up(f5, f4)) * f4
@@ -65,13 +72,15 @@ class PartialDecoder(nn.Module):
 
 class ReverseAttention(nn.Module):
     """Eq. (2)-(3): the feature weighted by A = 1 - sigmoid(up(S_{i+1})) (erasing what is already found),
-    concatenated with the downsampled edge features, two 3x3 convolutions of 64 filters, a 1-channel
-    residual added to up(S_{i+1})."""
+    reduced to `c` channels, concatenated with the downsampled edge features, `convs` convolutions of
+    `kernel` with ReLU, and a 1-channel residual (a `head`-sized convolution with batch norm) added to
+    up(S_{i+1})."""
 
-    def __init__(self, cin: int, edge_channels: int = 64, c: int = 64):
+    def __init__(self, cin: int, c: int, kernel: int, convs: int, head: int, edge_channels: int = 64):
         super().__init__()
-        self.reduce = conv_bn(cin, c, 1)
-        self.refine = nn.Sequential(conv_bn(c + edge_channels, c), conv_bn(c, c), nn.Conv2d(c, 1, 1))
+        self.reduce = conv_bn(cin, c, 1, relu=False)
+        middle = [conv_bn(c + edge_channels, c, kernel)] + [conv_bn(c, c, kernel) for _ in range(convs - 1)]
+        self.refine = nn.Sequential(*middle, conv_bn(c, 1, head, relu=False))
 
     def forward(self, feature: torch.Tensor, coarser: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
         guide = _up(coarser, feature)
@@ -98,9 +107,12 @@ class InfNet(nn.Module):
         self.backbone = Res2Net50v1b()
         self.rfb3, self.rfb4, self.rfb5 = (ReceptiveField(c, channels) for c in (512, 1024, 2048))
         self.decoder = PartialDecoder(channels)
-        self.edge_features = nn.Sequential(conv_bn(256, 64, 1), conv_bn(64, 64), conv_bn(64, 64))
-        self.edge_head = nn.Conv2d(64, 1, 3, padding=1)
-        self.ra5, self.ra4, self.ra3 = ReverseAttention(2048), ReverseAttention(1024), ReverseAttention(512)
+        self.edge_features = nn.Sequential(conv_bn(256, 64, 1, relu=False), conv_bn(64, 64, relu=False),
+                                           conv_bn(64, 64, relu=False))
+        self.edge_head = conv_bn(64, 1, 3, relu=False)
+        self.ra5 = ReverseAttention(2048, c=256, kernel=5, convs=3, head=1)
+        self.ra4 = ReverseAttention(1024, c=64, kernel=3, convs=2, head=3)
+        self.ra3 = ReverseAttention(512, c=64, kernel=3, convs=2, head=3)
 
     def forward(self, x: torch.Tensor) -> InfNetOutput:
         f2, f3, f4, f5 = self.backbone(x)
