@@ -30,6 +30,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
+from lightning_normnet.io import write_atomically
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 LOGGED_THROUGH = "normnet_logged_through"
 
@@ -187,9 +189,7 @@ class RunCheckpoints(Checkpoint):
             return
         write_checkpoint(trainer, self.folder / name)
         if trainer.is_global_zero:
-            partial = self.last.with_name("last.ckpt.partial")
-            shutil.copyfile(self.folder / name, partial)
-            os.replace(partial, self.last)
+            write_atomically(self.last, lambda tmp: shutil.copyfile(self.folder / name, tmp))
 
 
 def accumulating(trainer: L.Trainer, batch_idx: int) -> bool:
@@ -205,6 +205,11 @@ def write_checkpoint(trainer: L.Trainer, path: Path) -> None:
     for logger in trainer.loggers:
         logger.save()
     partial = path.with_name(path.name + ".partial")
-    trainer.save_checkpoint(partial)       # every rank takes part; rank 0 writes
+    try:
+        trainer.save_checkpoint(partial)       # every rank takes part; rank 0 writes
+    except BaseException:                      # a full disk: no half-written file left behind
+        if trainer.is_global_zero:
+            partial.unlink(missing_ok=True)
+        raise
     if trainer.is_global_zero:
         os.replace(partial, path)

@@ -66,13 +66,13 @@ def read_rgb(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
 
 
-def read_binary(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(Image.open(path).convert("L")) > 127).float()[None]
-
-
 def read_grey(path: Path) -> torch.Tensor:
     """A soft mask: grey levels as [0, 1]."""
     return torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255)[None]
+
+
+def read_binary(path: Path) -> torch.Tensor:
+    return (read_grey(path) > 127 / 255).float()
 
 
 def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

@@ -1,16 +1,13 @@
 """Training loaders whose every batch is fixed by its position: (seed, epoch, rank, batch in the epoch).
 
-An epoch's order is the plain order or a permutation seeded by (seed, epoch); each rank takes every
-world-th item of it (Lightning's DistributedSampler does the same; a DistributedSampler subclass is kept
-as it is by Lightning, not wrapped). The loader tells Lightning's checkpoints how many batches of the
-epoch were trained (`state_dict`), and a run resumed mid-epoch starts its first epoch right after them
-(`load_state_dict`), so a resumed run reads exactly the batches the uninterrupted one would have read.
+An epoch's order is torch's DistributedSampler's (the plain order, or a permutation seeded by seed +
+epoch; every world-th item for each rank); being a DistributedSampler, Lightning keeps it as it is. The
+loader tells Lightning's checkpoints how many batches of the epoch were trained (`state_dict`), and a run
+resumed mid-epoch starts its first epoch right after them (`load_state_dict`), so a resumed run reads
+exactly the batches the uninterrupted one would have read.
 """
 from __future__ import annotations
 
-import math
-
-import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
@@ -20,27 +17,17 @@ class PositionSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.batch_size, self.skip_batches = batch_size, 0
 
-    def order(self) -> list[int]:
-        """This rank's items of the current epoch, as the uninterrupted epoch reads them."""
-        n = len(self.dataset)
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=generator).tolist()
-        else:
-            order = list(range(n))
-        padding = self.total_size - n
-        if padding > 0:             # as DistributedSampler: wrap around so that every rank has as many
-            order += (order * math.ceil(padding / n))[:padding]
-        return order[: self.total_size][self.rank: self.total_size: self.num_replicas]
-
     def __iter__(self):
-        skip, self.skip_batches = self.skip_batches, 0      # only the first epoch after a resume is shortened
-        return iter(self.order()[skip * self.batch_size:])
+        """DistributedSampler's order of this rank's items for the epoch (seeded by seed + epoch), after the
+        batches a resumed run trained already; only the first epoch after a resume is shortened."""
+        skip, self.skip_batches = self.skip_batches, 0
+        return iter(list(super().__iter__())[skip * self.batch_size:])
 
 
 class PositionLoader(DataLoader):
     """A DataLoader over a PositionSampler that Lightning checkpoints as stateful: `batches_trained` is set
-    by the run after every training batch (callbacks.step_randomness)."""
+    by the run as each training batch starts (callbacks.step_randomness), so checkpoints saved after that
+    step count it."""
 
     def __init__(self, dataset: Dataset, sampler: PositionSampler, **options):
         super().__init__(dataset, sampler=sampler, batch_size=sampler.batch_size, drop_last=sampler.drop_last,

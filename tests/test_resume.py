@@ -183,3 +183,31 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch, cache):
     runs = sorted((run / "wandb").glob("offline-run-*"))
     same_id = rf"offline-run-\d+_\d+-{kept}(-\d+)?"          # W&B adds -1 to a folder started in the same second
     assert runs and all(re.fullmatch(same_id, r.name) for r in runs), runs
+
+
+def test_a_damaged_run_configuration_is_refused_in_a_sentence(tmp_path, cache, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: [unclosed\n")
+    assert main(["train", "--run-dir", str(run), "normnet_quick", *TINY, cache, f"output_dir={tmp_path}"]) == 2
+    assert f"{run / 'config.yaml'}: not valid YAML" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_nothing_half_written(tmp_path):
+    """A full disk during trainer.save_checkpoint: the error goes on, the partial file is removed and the
+    previous checkpoint stays whole."""
+    import errno
+    from types import SimpleNamespace
+
+    from callbacks.checkpointing import write_checkpoint
+
+    def save_checkpoint(path):
+        path.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    trainer = SimpleNamespace(loggers=[], is_global_zero=True, save_checkpoint=save_checkpoint)
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(b"previous")
+    with pytest.raises(OSError):
+        write_checkpoint(trainer, last)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"] and last.read_bytes() == b"previous"

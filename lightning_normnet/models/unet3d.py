@@ -57,7 +57,7 @@ class SupervisedUNet(SegmentationModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self.net(batch["image"]), batch["label"])
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch["image"].shape[0])
-        self.epoch_loss = [self.epoch_loss[0] + float(loss), self.epoch_loss[1] + 1]
+        self.epoch_loss = [self.epoch_loss[0] + loss.detach(), self.epoch_loss[1] + 1]   # no device sync per step
         return loss
 
     def predict_volume(self, image: torch.Tensor, lung: torch.Tensor) -> VolumePrediction:
@@ -80,7 +80,7 @@ class SupervisedUNet(SegmentationModule):
     def on_train_epoch_end(self) -> None:
         """The epoch's mean training loss: one plateau step, and `train/epoch_loss` for early stopping."""
         total, batches = self.epoch_loss
-        mean = float(self.trainer.strategy.reduce(torch.tensor(total / max(batches, 1), device=self.device),
+        mean = float(self.trainer.strategy.reduce(torch.as_tensor(total / max(batches, 1), device=self.device),
                                                   reduce_op="mean"))
         self.epoch_loss = [0.0, 0]
         self.log("train/epoch_loss", mean, on_step=False, on_epoch=True)
@@ -88,7 +88,7 @@ class SupervisedUNet(SegmentationModule):
             self.plateau.step(mean)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["epoch_loss"] = list(self.epoch_loss)
+        checkpoint["epoch_loss"] = [float(self.epoch_loss[0]), self.epoch_loss[1]]
         if self.plateau is not None:
             checkpoint["plateau"] = self.plateau.state_dict()
 

@@ -34,7 +34,7 @@ from callbacks.volume_evaluation import VolumeEvaluation
 
 from ..config import SCHEDULE_KEYS, ConfigError, did_you_mean, differences
 from ..methods import Method
-from ..io import write_text
+from ..io import read_document, write_text
 from ..scores import EVALUATION, Evaluation, read_evaluation
 from .checkpoints import checkpoint_step, logged_through
 
@@ -94,7 +94,7 @@ def open_run_folder(cfg: DictConfig, kind: str, chosen: str | Path | None = None
         run_dir = new_folder(Path(cfg.output_dir) / (name or cfg.name), kind)
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        changed = differences(OmegaConf.load(saved), cfg)
+        changed = differences(OmegaConf.create(read_document(saved, "a run's configuration") or {}), cfg)
         if changed:
             raise ConfigError(f"{run_dir} holds a run of another configuration ({'; '.join(changed[:3])}"
                               f"{'; ...' if len(changed) > 3 else ''}): continue it with the configuration in "
@@ -159,15 +159,16 @@ class Run:
         if self._evaluation is None:
             self._evaluation = Evaluation(self.method.name, self.cfg.name, self.method.label_free, self.dir)
             if self.resume is not None and (self.dir / EVALUATION).is_file():
-                kept = read_evaluation(self.dir).validations
-                self._evaluation.validations = [v for v in kept if v.step <= checkpoint_step(self.resume)]
+                step = checkpoint_step(self.resume)
+                self._evaluation.validations = [v for v in read_evaluation(self.dir).validations if v.step <= step]
         return self._evaluation
 
     def trainer(self, callbacks: list | None = None, evaluate: bool = True, training: bool = True,
                 **options) -> L.Trainer:
         """The Trainer of this run. With `evaluate`: loggers (CSV, W&B), the scoring of data.test and the
         datasets' summary (listing the training sets too when `training`); without: a quiet fit with no
-        validation (Semi-Inf-Net's rounds). The evaluation files start anew with each evaluating Trainer."""
+        validation (Semi-Inf-Net's rounds). Every evaluating Trainer of a run appends to the run's one
+        `evaluation`."""
         cfg = self.cfg
         loggers, extra = False, list(callbacks or []) + [StepRandomness(cfg.seed)]
         if evaluate:
