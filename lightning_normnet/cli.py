@@ -6,7 +6,7 @@ hand over to runs/.
     normnet compare RUN RUN [...] [--output DIR]           Table III of runs scored on the same volumes
     normnet prepare EXPERIMENT [key=value ...]            cache the experiment's data
     normnet prepare --input DIR --output DIR [--labelled] cache any folder
-    normnet predict --checkpoint CKPT [CKPT ...] --input CT --output MASK [--report R.json]
+    normnet predict --checkpoint CKPT [CKPT ...] --input CT --output MASK [--report R.json] [--series UID]
     normnet evaluate --checkpoint CKPT [CKPT ...] [key=value ...]
     normnet evaluate --masks DIR [--experiment EXP] [--method NAME] [--label-free] [key=value ...]
     normnet sweep SWEEP.yaml [--count N]                  an agent of a sweep (W&B with a key, else Optuna)
@@ -60,7 +60,8 @@ def prepare(args) -> None:
 def predict(args) -> None:
     from .runs.predict import predict as predict_scan
 
-    predict_scan(args.checkpoint, args.input, args.output, args.report, args.lung_mask, args.overrides)
+    predict_scan(args.checkpoint, args.input, args.output, args.report, args.lung_mask, args.overrides,
+                 args.series)
 
 
 def evaluate(args) -> None:
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="mask file (.nii.gz, .nrrd, .mha)")
     p.add_argument("--report", help="JSON report (volumes, percentage of infection, per-slice counts), a PNG beside")
     p.add_argument("--lung-mask", help="lung mask file to use instead of computing one")
+    p.add_argument("--series", help="the DICOM series UID to read, where the --input folder holds several")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=predict)
     p = sub.add_parser("evaluate", help="score checkpoints, or a folder of predicted masks, on data.test")
@@ -162,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normnet {args.command}: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        print(f"normnet {args.command}: the disk is full (writing {err.filename or 'a file'}); files are written "
-              "whole or not at all, so free some space and run the same command again.", file=sys.stderr)
+        print(f"normnet {args.command}: {_os_error(err)}", file=sys.stderr)
         return 2
     except BaseException as err:
         stopped = _stopped_by_signal(args, err)
@@ -174,6 +173,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normnet {args.command}: {stopped[0]}", file=sys.stderr)
         return stopped[1]
     return 0
+
+
+def _os_error(err: OSError) -> str:
+    """One sentence for a failed read or write: the file and what the system said."""
+    if err.errno == errno.ENOSPC:
+        return (f"the disk is full (writing {err.filename or 'a file'}); files are written whole or not at all, "
+                "so free some space and run the same command again.")
+    if err.filename:
+        return f"{err.filename}: {err.strerror or err}; nothing was written in its place."
+    return f"{err}; nothing was written in its place."
 
 
 def _stopped_by_signal(args, err: BaseException) -> tuple[str, int] | None:

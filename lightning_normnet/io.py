@@ -9,11 +9,14 @@ complete, so a crash never leaves a half-written file behind.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
-import tempfile
-from collections.abc import Callable
+import secrets
+import struct
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,14 @@ import SimpleITK as sitk
 import yaml
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mhd", ".mha")
+WRITTEN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")    # single-file formats a mask is written in
 AIR_HU_CEILING = -500.0  # a chest CT in HU has air well below this; a 0-255 image has none
+# A chest CT's voxels lie between sub-millimetre and the 5-10 mm slices of old scans; a spacing outside
+# this range is a damaged or unit-confused header (metres, or a missing spacing read as 0).
+SPACING_RANGE_MM = (0.1, 12.0)
+# Fewer slices than this is a single slice, a scout or an excerpt: no 3D lung mask, slab or filter fits.
+MIN_SLICES = 8
+SLICE_POSITION_TOLERANCE = 0.02   # of the slice spacing: scanners round positions to micrometres
 
 
 class InputError(ValueError):
@@ -42,26 +52,177 @@ def case_name(path: Path) -> str:
     return name
 
 
-def read_image(path: str | Path) -> sitk.Image:
-    """Read an image file or a DICOM series folder (the largest series in it)."""
+def read_image(path: str | Path, series: str | None = None) -> sitk.Image:
+    """Read an image file, or a folder holding one DICOM series (`series`: the UID of the one to read
+    where it holds several), checked whole: a file's data as long as its header says, a series without
+    damaged files, gaps, duplicate or unevenly spaced slices, and every voxel finite."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder.")
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InputError(f"{path}: folder holds no DICOM series.")
-            files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
-            reader.SetFileNames(files)
-            return reader.Execute()
-        if not is_image_file(path):
+            reader.SetFileNames(dicom_series_files(path, series))
+            image = reader.Execute()
+        elif not is_image_file(path):
             raise InputError(f"{path}: not a supported image (NIfTI, NRRD, MHD/MHA or a DICOM folder).")
-        return sitk.ReadImage(str(path))
+        else:
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                _check_nifti_data(path)
+            image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
-        raise InputError(f"{path}: cannot be read ({first_line}).") from None
+        raise InputError(f"{path}: cannot be read ({_itk_reason(err)}).") from None
+    _check_finite(path, image)
+    return image
+
+
+def _itk_reason(err: RuntimeError) -> str:
+    """The line of an ITK exception that says what went wrong (not its source location, nor a stale errno)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    meaningful = [line for line in lines if not line.startswith(("Exception thrown", "Reason: No such file"))]
+    reason = (meaningful or lines or ["unreadable"])[-1]
+    return reason.split("): ", 1)[-1].rstrip(".")
+
+
+def _check_nifti_data(path: Path) -> None:
+    """A NIfTI file (gzipped or not) must hold as many voxel bytes as its header announces, every float voxel
+    finite: SimpleITK pads a truncated file with zeros, and reads NaN and infinity as 0, without a word."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(540)
+            layout = _nifti_layout(header)
+            if layout is None:
+                return                     # not a NIfTI header SimpleITK will accept either: it says why
+            offset, voxels, dtype, dims = layout
+            length = len(header) + len(handle.read(max(offset - len(header), 0)))
+            pending, checked, bad, first = header[offset:], 0, 0, None
+            while True:
+                count = min(len(pending) // dtype.itemsize, voxels - checked)
+                if dtype.kind == "f" and count:
+                    finite = np.isfinite(np.frombuffer(pending, dtype, count))
+                    if not finite.all():
+                        first = checked + int(np.argmin(finite)) if first is None else first
+                        bad += int(count - finite.sum())
+                checked += count
+                pending = pending[count * dtype.itemsize:]
+                chunk = handle.read(1 << 24)
+                if not chunk:
+                    break
+                length += len(chunk)
+                pending += chunk
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise InputError(f"{path}: its compressed data is truncated or damaged ({err}).") from None
+    expected = offset + voxels * dtype.itemsize
+    if length < expected:
+        raise InputError(f"{path}: holds {length} bytes where its header announces {expected}: the file is "
+                         "truncated.")
+    if bad:
+        index = tuple(int(i) for i in np.unravel_index(first, dims, order="F"))
+        raise InputError(f"{path}: holds {bad} voxels that are NaN or infinite (the first at index {index}).")
+
+
+# NIfTI datatype codes of the voxel types a CT or mask is stored in
+NIFTI_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
+               1280: "u8"}
+
+
+def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype, tuple[int, ...]] | None:
+    """(voxel offset, voxel count, voxel dtype, dims) of a NIfTI-1 or -2 header, or None."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            code = struct.unpack(order + "h", header[70:72])[0]
+            dims = struct.unpack(order + "8h", header[40:56])
+            offset = max(int(struct.unpack(order + "f", header[108:112])[0]), 348)
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            code = struct.unpack(order + "h", header[12:14])[0]
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = max(struct.unpack(order + "q", header[168:176])[0], 540)
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7 or code not in NIFTI_TYPES:
+        return None
+    shape = tuple(max(int(d), 1) for d in dims[1:1 + dims[0]])
+    return offset, int(np.prod(shape, dtype=np.int64)), np.dtype(order + NIFTI_TYPES[code]), shape
+
+
+def dicom_series_files(folder: Path, series: str | None = None) -> list[str]:
+    """The files of a folder's one DICOM series (or of `series`), in slice order, refused when the folder
+    holds several series and none is chosen, holds a DICOM file that cannot be read, or its slices have gaps,
+    duplicates or uneven spacing. Such a series is refused, not resampled: interpolating across a gap
+    would invent anatomy, and a mixed series is two acquisitions."""
+    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not uids:
+        raise InputError(f"{folder}: folder holds no DICOM series.")
+    if series is None and len(uids) > 1:
+        raise InputError(f"{folder}: holds {len(uids)} DICOM series ({', '.join(uids)}): choose one with "
+                         "--series UID, or keep one series per folder.")
+    if series is not None and series not in uids:
+        raise InputError(f"{folder}: holds no DICOM series {series} (it holds {', '.join(uids)}).")
+    in_series = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in uids}
+    listed = {os.path.normpath(f) for files in in_series.values() for f in files}
+    damaged = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+               and os.path.normpath(p) not in listed and _looks_like_dicom(p)]
+    if damaged:
+        raise InputError(f"{damaged[0]}: a DICOM file that cannot be read (truncated or damaged)"
+                         + (f", one of {len(damaged)} in its folder." if len(damaged) > 1 else "."))
+    files = list(in_series[series or uids[0]])
+    _check_slice_positions(folder, files)
+    return files
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
+
+
+def _check_slice_positions(folder: Path, files: list[str]) -> None:
+    """Slices one spacing apart along the slice normal: no duplicate, no gap, no change of spacing."""
+    reader = sitk.ImageFileReader()
+    reader.LoadPrivateTagsOff()
+    positions = []
+    for name in files:
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            if positions:
+                raise InputError(f"{name}: has no image position or orientation, unlike the other slices.")
+            return                        # no slice of the series says where it lies: nothing to check
+        location = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+        axes = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+        positions.append(float(np.cross(axes[:3], axes[3:]) @ location))
+    if len(positions) < 2:
+        return
+    steps = np.abs(np.diff(positions))
+    spacing = float(np.median(steps))
+    for i, step in enumerate(steps):
+        where = (f"{Path(files[i]).name} and {Path(files[i + 1]).name} "
+                 f"(at {positions[i]:.2f} and {positions[i + 1]:.2f} mm)")
+        if step < 1e-3:
+            raise InputError(f"{folder}: two slices lie at one position: {where}.")
+        if abs(step - spacing) > SLICE_POSITION_TOLERANCE * spacing:
+            missing = round(step / spacing) - 1
+            if missing >= 1 and abs(step - (missing + 1) * spacing) <= SLICE_POSITION_TOLERANCE * spacing:
+                raise InputError(f"{folder}: {missing} slice(s) missing between {where}, where the others lie "
+                                 f"{spacing:.3g} mm apart.")
+            raise InputError(f"{folder}: slice spacing varies from {steps.min():.3g} to {steps.max():.3g} mm "
+                             f"(first between {where}); a series must be evenly spaced.")
+
+
+def _check_finite(path: Path, image: sitk.Image) -> None:
+    """Every voxel a number: NaN or infinity anywhere (not only where a sample looks) refuses the file."""
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind != "f":
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        first = tuple(int(i) for i in np.argwhere(~finite)[0][::-1])
+        raise InputError(f"{path}: holds {int(finite.size - finite.sum())} voxels that are NaN or infinite "
+                         f"(the first at index {first}).")
 
 
 @dataclass(frozen=True)
@@ -140,13 +301,25 @@ def read_header(path: str | Path) -> Grid:
                 tuple(reader.GetDirection()))
 
 
-def read_ct(path: str | Path, stored_window: StoredWindow | None = None) -> sitk.Image:
-    """Read a CT volume as float32 HU; refuse images that carry no HU, or map a known stored window back."""
-    image = read_image(path)
+def read_ct(path: str | Path, stored_window: StoredWindow | None = None, series: str | None = None) -> sitk.Image:
+    """Read a CT volume as float32 HU; refuse images that carry no HU, or map a known stored window back.
+    Refused too: a volume of fewer than MIN_SLICES slices, and a spacing outside SPACING_RANGE_MM."""
+    image = read_image(path, series)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: expected a 3D single-channel CT volume, got "
                          f"{image.GetDimension()}D with {image.GetNumberOfComponentsPerPixel()} channels.")
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    image = _in_hounsfield_units(path, sitk.Cast(image, sitk.sitkFloat32), stored_window)
+    if image.GetSize()[2] < MIN_SLICES:
+        raise InputError(f"{path}: holds {image.GetSize()[2]} slice(s); a CT volume needs at least {MIN_SLICES} "
+                         "(this is a single slice, a scout or an excerpt).")
+    low, high = SPACING_RANGE_MM
+    if not all(low <= s <= high for s in image.GetSpacing()):
+        raise InputError(f"{path}: voxel spacing {tuple(round(s, 4) for s in image.GetSpacing())} mm lies outside "
+                         f"the {low:g}-{high:g} mm of a chest CT: its header is damaged or in other units.")
+    return image
+
+
+def _in_hounsfield_units(path: str | Path, image: sitk.Image, stored_window: StoredWindow | None) -> sitk.Image:
     array = sitk.GetArrayViewFromImage(image)
     if looks_like_hounsfield(array):
         return image
@@ -239,33 +412,99 @@ def read_slice_labels(path: str | Path, reference: sitk.Image) -> sitk.Image:
                                     .astype(np.uint8))
 
 
-def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """`write(tmp)` to a temporary file beside `path` (same extension, so writers that go by it work),
-    renamed to `path` when complete: readers never see, and a crash never leaves, a half-written file."""
+def write_atomically(path: str | Path, write: Callable[[Path], object],
+                     verify: Callable[[Path], None] | None = None) -> Path:
+    """`write(tmp)` to a temporary file beside `path` (same ending, so writers that go by it work), checked by
+    `verify(tmp)`, flushed to the disk and renamed to `path`: readers never see, and a crash or a full disk
+    never leaves, a half-written file. The file gets the permissions the user's umask gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".tmp-{secrets.token_hex(4)}-{path.name}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))    # 0o666 less the umask
     try:
-        write(Path(tmp))
+        write(tmp)
+        if verify is not None:
+            verify(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
 
 def write_image(image: sitk.Image, path: str | Path) -> Path:
+    """An image written whole and read back before it takes its name: SimpleITK reports no write error
+    (a full disk leaves a truncated file behind without a word)."""
     path = Path(path)
     if path.suffix.lower() in (".mhd", ".nhdr"):
         raise InputError(f"{path}: write a single-file format (.nii.gz, .nrrd, .mha), not a detached header.")
-    return write_atomically(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
+
+    def verify(tmp: Path) -> None:
+        try:
+            back = read_image(tmp)
+        except InputError as err:
+            raise OSError(f"{path}: the written file does not read back ({err}).") from None
+        if back.GetSize() != image.GetSize() or not np.array_equal(sitk.GetArrayViewFromImage(back),
+                                                                   sitk.GetArrayViewFromImage(image)):
+            raise OSError(f"{path}: the written file does not read back as the image written.")
+
+    return write_atomically(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True), verify)
+
+
+def check_output_file(path: str | Path, inputs: Iterable[str | Path] = (), suffixes=WRITTEN_SUFFIXES,
+                      what: str = "output") -> Path:
+    """Before any work: refuse an output that is a folder, has an ending no writer here takes, is (or lies
+    inside) one of the `inputs`, or lies where the user cannot write."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; the {what} needs a file name ending in {' or '.join(suffixes)}.")
+    if not path.name.lower().endswith(tuple(suffixes)) or path.name.startswith("."):
+        raise InputError(f"{path}: write the {what} as {' or '.join(suffixes)}.")
+    for source in inputs:
+        if source is not None and _same_or_inside(path, Path(source)):
+            raise InputError(f"{path}: is, or lies inside, the input {source}; choose another {what} path.")
+    _check_writable(path.parent, path)
+    return path
+
+
+def check_output_folder(path: str | Path, inputs: Iterable[str | Path] = (), what: str = "output") -> Path:
+    """Before any work: refuse an output folder that is a file, is or lies inside an input, or cannot be
+    written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is a file, not a folder for the {what}.")
+    for source in inputs:
+        if source is not None and (_same_or_inside(path, Path(source)) or _same_or_inside(Path(source), path)):
+            raise InputError(f"{path}: overlaps the input {source}; choose another folder for the {what}.")
+    _check_writable(path, path)
+    return path
+
+
+def _same_or_inside(path: Path, source: Path) -> bool:
+    """Whether `path` is `source` (a link to it included) or lies inside it."""
+    path, source = path.resolve(), source.resolve()
+    return path == source or source in path.parents or (
+        path.exists() and source.exists() and os.path.samefile(path, source))
+
+
+def _check_writable(folder: Path, named: Path) -> None:
+    existing = folder.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{named}: cannot be written: {existing} is not a folder this user may write in.")
 
 
 def save_array(array: np.ndarray, path: Path) -> None:
-    """np.save atomically (the cache is read by other processes while it grows)."""
-    write_atomically(path, lambda tmp: np.save(tmp, array))
+    """np.save atomically (the cache is read by other processes while it grows), read back before the rename."""
+    def verify(tmp: Path) -> None:
+        back = np.load(tmp, mmap_mode="r")
+        if back.shape != array.shape or back.dtype != array.dtype:
+            raise OSError(f"{path}: the written array does not read back as written.")
+
+    write_atomically(path, lambda tmp: np.save(tmp, array), verify)
 
 
 def read_document(path: str | Path, what: str):
@@ -274,7 +513,7 @@ def read_document(path: str | Path, what: str):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: missing: not {what}.")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     try:
         return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except json.JSONDecodeError as err:
@@ -284,7 +523,7 @@ def read_document(path: str | Path, what: str):
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    return write_atomically(path, lambda tmp: tmp.write_text(text))
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def csv_text(header: list[str], rows: list[list]) -> str:

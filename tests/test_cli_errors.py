@@ -31,7 +31,7 @@ def test_prepare_names_skipped_files_and_refuses_an_empty_cache(tmp_path, capsys
     assert main(["prepare", "--input", str(tmp_path / "scans"), "--output", str(tmp_path / "cache")]) == 2
     out, err = capsys.readouterr()
     assert "skipped radiopaedia_1: " in out and "radiopaedia_1.nii.gz: values are not Hounsfield units" in out
-    assert "skipped broken: " in out and "broken.nii.gz: cannot be read" in out
+    assert "skipped broken: " in out and "broken.nii.gz: its compressed data is truncated or damaged" in out
     assert "none of the 2 volumes listed could be used" in err
 
 

@@ -5,7 +5,8 @@ arrays (`preparation_settings`: the pre-processing, the lung-mask backend, the
 set's reading options, the folder it came from), so runs with equal settings
 share it and a change never reads stale arrays. Per case: H (float16), M and the
 lesion mask as .npy beside a meta.json written last, so an interrupted
-`prepare` resumes where it stopped. A labelled case also keeps what scoring
+`prepare` resumes where it stopped; meta.json keeps a fingerprint of the source files (size and
+modification time), and a case whose files changed is prepared again. A labelled case also keeps what scoring
 needs on the scan's own grid, never resampled (`ScanTruth`): the lesion mask
 and the lung mask M' (bit-packed) and H' at the lung's voxels; meta.json holds
 both grids, so a prediction on the model grid can be brought back. index.json lists the cases and what was
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +67,9 @@ def prepare_cases(listing: Listing, out_dir: str | Path, cfg: DictConfig, traini
                   description: str = "prepare", settings: dict | None = None) -> dict:
     """Bring `out_dir` up to date with the listed cases (finished ones are kept); return the index.
     Every skipped case is printed in one line saying why."""
+    _check_unique_names(listing.cases)
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     if settings is not None:
         _write_json(out_dir / SETTINGS, settings)
@@ -75,11 +79,16 @@ def prepare_cases(listing: Listing, out_dir: str | Path, cfg: DictConfig, traini
     for case in track(listing.cases, description=description, transient=True):
         try:
             entries.append(_prepare_case(case, out_dir / case.name, cfg, training))
-        except InputError as err:
-            skipped.append({"case": case.name, "reason": str(err)})
-            print(f"skipped {case.name}: {err}")
+        except (InputError, RuntimeError, ValueError, ArithmeticError) as err:   # one bad volume ends no run
+            reason = str(err) if isinstance(err, InputError) else \
+                f"{case.image}: cannot be prepared ({type(err).__name__}: {str(err).strip().splitlines()[-1]})."
+            skipped.append({"case": case.name, "reason": reason})
+            print(f"skipped {case.name}: {reason}")
     index = {"cases": entries, "skipped": skipped, "training": training}
-    _write_json(out_dir / INDEX, index)
+    if entries or not created:
+        _write_json(out_dir / INDEX, index)
+    else:                                # a refused new set leaves no cache folder behind
+        shutil.rmtree(out_dir, ignore_errors=True)
     if not entries:
         raise InputError(f"{out_dir}: none of the {len(skipped)} volumes listed could be used (see the lines above).")
     return index
@@ -105,10 +114,33 @@ def read_case(case: Case, cfg: DictConfig, extra_mask: Path | None = None):
     return image, lesion, lung, extra
 
 
+def _check_unique_names(cases: list[Case]) -> None:
+    """Two scans that map to one case name would share one cache folder: one read twice, the other never."""
+    seen: dict[str, Case] = {}
+    for case in cases:
+        if case.name in seen:
+            raise InputError(f"{seen[case.name].image} and {case.image} are both case '{case.name}': rename or "
+                             "remove one of them.")
+        seen[case.name] = case
+
+
+def source_fingerprint(case: Case) -> str:
+    """A digest of the size and modification time of every file a case is read from (each file of a DICOM
+    folder): a scan replaced after `prepare` is prepared again."""
+    paths = [p for p in (case.image, case.lesion, case.lung, case.slice_labels) if p is not None]
+    files = [f for p in paths for f in (sorted(p.iterdir()) if p.is_dir() else [p])]
+    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    return hashlib.sha1(json.dumps(stats).encode()).hexdigest()
+
+
 def _prepare_case(case: Case, folder: Path, cfg: DictConfig, training: bool) -> dict:
     meta_path = folder / "meta.json"
+    fingerprint = source_fingerprint(case)
     if meta_path.is_file():
-        return json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text())
+        if meta.get("sources") == fingerprint:
+            return meta
+        meta_path.unlink()               # a replaced scan: its arrays are stale until prepared again
     image, lesion, lung, _ = read_case(case, cfg)
     if not training and lesion is None:
         raise InputError(f"{case.image}: evaluation case has no lesion mask.")
@@ -127,7 +159,8 @@ def _prepare_case(case: Case, folder: Path, cfg: DictConfig, training: bool) -> 
             "lung_ml": _volume_ml(lung, voxel_ml),
             "lesion_ml": None if lesion is None or case.slice_labels else _volume_ml(lesion, voxel_ml),
             "lesion_from": "slice labels" if case.slice_labels else "mask" if lesion is not None else None,
-            "grid": {"model": prepared.grid.as_dict(), "original": Grid.of(image).as_dict()}}
+            "grid": {"model": prepared.grid.as_dict(), "original": Grid.of(image).as_dict()},
+            "sources": fingerprint}
     _write_json(meta_path, meta)
     return meta
 

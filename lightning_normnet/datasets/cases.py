@@ -61,7 +61,9 @@ def by_name(files: list[Path], suffix: str = "") -> dict[str, Path]:
         name = case_name(path)
         if suffix and name.endswith(suffix):
             name = name[: -len(suffix)]
-        out.setdefault(name, path)
+        if name in out:
+            raise InputError(f"{out[name]} and {path} are both case '{name}': rename or remove one of them.")
+        out[name] = path
     return out
 
 

@@ -21,32 +21,50 @@ from ..models.base import SegmentationModule
 GRID_KEYS = ("spacing", "orientation", "window", "in_plane_size", "mask_outside_lung")
 
 
-def saved_config(path: str | Path) -> DictConfig:
-    """The configuration a checkpoint was trained with, over today's defaults (memory-mapped: the weights
-    are not read)."""
+def _read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's content, memory-mapped (weights are read only where used); a missing, truncated or
+    foreign file is refused in one sentence."""
     if not Path(path).is_file():
         raise InputError(f"{path}: checkpoint not found.")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["hyper_parameters"]["config"]
-    except (RuntimeError, KeyError, EOFError, OSError) as err:
-        raise InputError(f"{path}: not a lightning-normnet checkpoint ({type(err).__name__}).") from None
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:      # torch raises many kinds (zip, pickle, EOF, runtime) for a damaged file
+        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err).strip() else 'damaged'}).") from None
+    if not isinstance(saved, dict) or "state_dict" not in saved or "global_step" not in saved:
+        raise InputError(f"{path}: not a Lightning checkpoint (no weights or step in it).")
+    return saved
+
+
+def saved_config(path: str | Path) -> DictConfig:
+    """The configuration a checkpoint was trained with, over today's defaults."""
+    saved = _read_checkpoint(path)
     try:
-        return config_from_checkpoint(saved)
+        config = saved["hyper_parameters"]["config"]
+    except (KeyError, TypeError):
+        raise InputError(f"{path}: not a lightning-normnet checkpoint (it holds no run configuration).") from None
+    try:
+        return config_from_checkpoint(config)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
 
 def checkpoint_step(path: str | Path) -> int:
-    """The global step a checkpoint was saved at (memory-mapped: the weights are not read)."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
-    except (RuntimeError, KeyError, EOFError, OSError) as err:
-        raise InputError(f"{path}: not a Lightning checkpoint ({type(err).__name__}).") from None
+    """The global step a checkpoint was saved at."""
+    return int(_read_checkpoint(path)["global_step"])
+
+
+def check_weights(path: str | Path) -> None:
+    """Every weight of a checkpoint finite: a run that diverged saves NaN, which would predict nothing."""
+    for name, tensor in _read_checkpoint(path)["state_dict"].items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputError(f"{path}: weight {name} holds NaN or infinite values (the training diverged); "
+                             "use an earlier checkpoint.")
 
 
 def logged_through(path: str | Path) -> int:
     """The last logger step (metrics.csv's `step`) a training checkpoint covers."""
-    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    saved = _read_checkpoint(path)
     return int(saved.get(LOGGED_THROUGH, saved["global_step"] - 1))
 
 
@@ -78,7 +96,12 @@ def load_model(paths: list[str], overrides: list[str] | tuple[str, ...] = (),
     for path, cfg in zip(paths, configs):
         cfg = config_from_checkpoint(OmegaConf.to_container(cfg), overrides)
         method_of(cfg)
-        models.append(method.module.load_from_checkpoint(path, map_location=device, weights_only=False,
-                                                         config=as_dict(cfg)))
+        check_weights(path)
+        try:
+            models.append(method.module.load_from_checkpoint(path, map_location=device, weights_only=False,
+                                                             config=as_dict(cfg)))
+        except RuntimeError as err:     # weights of another network than its configuration builds
+            raise InputError(f"{path}: its weights do not fit the {method.name} network its configuration "
+                             f"describes ({str(err).strip().splitlines()[0]}).") from None
     model = method.ensemble(models) if len(models) > 1 else models[0]
     return model.to(device).eval(), method

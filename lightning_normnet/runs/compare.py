@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from ..io import InputError, csv_text, write_figure, write_text
+from ..io import InputError, check_output_folder, csv_text, write_figure, write_text
 from ..scores import VolumeScore, read_evaluation, summarize
 
 COLUMNS = ("dsc", "psc", "sen")
@@ -129,6 +129,7 @@ def box_plot(results: list[MethodResult], path: Path) -> None:
 def compare(runs: list[str | Path], out_dir: str | Path) -> str:
     if len(runs) < 2:
         raise InputError("compare needs at least two run folders.")
+    check_output_folder(out_dir, what="comparison")
     results = [load_run(r) for r in runs]
     datasets, notes = shared_datasets(results)
     check_same_volumes(results, datasets)

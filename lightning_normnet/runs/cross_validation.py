@@ -22,7 +22,7 @@ from ..io import write_text
 from ..methods import REGISTRY, method_of
 from ..metrics import METRIC_KEYS
 from ..scores import SCHEMA, VolumeScore, as_rows, finite, format_table, read_evaluation, summarize
-from .run import Run, check_trainer, finished, open_run_folder, resume_point
+from .run import Run, check_trainer, finished, open_run_folder, removed_if_refused, resume_point
 
 
 def cross_validate(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: str | None = None) -> Path:
@@ -38,15 +38,16 @@ def cross_validate(experiment: str, overrides: list[str] | tuple[str, ...] = (),
     if not 2 <= cfg.cv.folds <= items:
         raise ConfigError(f"cv.folds={cfg.cv.folds} needs 2 <= folds <= the {items} labelled items it splits.")
     cv_dir = open_run_folder(cfg, "cv", chosen)
-    for fold in range(cfg.cv.folds):
-        fold_dir = cv_dir / f"fold{fold}"
-        if finished(fold_dir):
-            continue
-        fold_cfg = apply_overrides(cfg, [f"cv.fold={fold}", "data.test=[]"])
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(fold_cfg, fold_dir / "config.yaml")
-        L.seed_everything(cfg.seed, workers=True)
-        method.fit(fold_cfg, Run(fold_cfg, method, fold_dir, resume_point(fold_dir)))
+    with removed_if_refused(cv_dir, cfg.output_dir):
+        for fold in range(cfg.cv.folds):
+            fold_dir = cv_dir / f"fold{fold}"
+            if finished(fold_dir):
+                continue
+            fold_cfg = apply_overrides(cfg, [f"cv.fold={fold}", "data.test=[]"])
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(fold_cfg, fold_dir / "config.yaml")
+            L.seed_everything(cfg.seed, workers=True)
+            method.fit(fold_cfg, Run(fold_cfg, method, fold_dir, resume_point(fold_dir)))
     print(f"\n{cfg.cv.folds}-fold cross-validation ({cv_dir}):\n{summarize_folds(cv_dir, cfg.cv.folds)}")
     return cv_dir
 

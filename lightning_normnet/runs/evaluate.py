@@ -16,7 +16,7 @@ from ..methods import method_of
 from ..metrics import segmentation_metrics
 from ..scores import EVALUATION, Evaluation, VolumeScore
 from .checkpoints import load_model
-from .run import Run, finished, open_run_folder
+from .run import Run, finished, open_run_folder, removed_if_refused
 
 
 def evaluate_checkpoints(checkpoints: list[str], overrides: list[str] | tuple[str, ...] = ()) -> Path:
@@ -29,8 +29,9 @@ def evaluate_checkpoints(checkpoints: list[str], overrides: list[str] | tuple[st
                              f"train --run-dir {folder} ...`, or score one of its step checkpoints.")
     model, method = load_model(checkpoints, overrides)
     run = Run(model.cfg, method, open_run_folder(model.cfg, "evaluate"))
-    trainer = run.trainer(training=False)
-    trainer.validate(model, datamodule=method.evaluation_data(model.cfg))
+    with removed_if_refused(run.dir, model.cfg.output_dir):
+        trainer = run.trainer(training=False)
+        trainer.validate(model, datamodule=method.evaluation_data(model.cfg))
     if trainer.is_global_zero:
         run.evaluation.mark_finished()
         print(f"metrics: {run.dir / 'evaluation.md'}")

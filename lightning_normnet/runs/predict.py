@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ..io import IMAGE_SUFFIXES, InputError, read_ct, read_mask, write_image, write_text
+from ..io import check_output_file, read_ct, read_mask, write_image, write_text
 from ..lungmask import lung_mask
 from ..inference import predict_scan
 from ..report import infection_report, report_figure
@@ -17,16 +17,16 @@ from .checkpoints import load_model
 STEPS = 5
 
 
-def _check_output(path: Path) -> None:
-    if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES) or path.suffix.lower() in (".mhd", ".nhdr"):
-        raise InputError(f"{path}: write the mask as .nii.gz, .nii, .nrrd or .mha.")
-
-
 def predict(checkpoints: list[str], scan: str, output: str, report: str | None = None,
-            lung_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Predict, write the mask (and the report), return the report's numbers."""
-    output_path = Path(output)
-    _check_output(output_path)
+            lung_file: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+            series: str | None = None) -> dict:
+    """Predict, write the mask (and the report), return the report's numbers. The output paths are checked
+    before any work: none may be an input, each needs a writable folder and an ending its writer takes."""
+    inputs = [scan, lung_file, *checkpoints]
+    output_path = check_output_file(output, inputs, what="mask")
+    if report:
+        check_output_file(report, [*inputs, output], (".json",), "report")
+        check_output_file(Path(report).with_suffix(".png"), [*inputs, output], (".png",), "report's picture")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
@@ -38,7 +38,7 @@ def predict(checkpoints: list[str], scan: str, output: str, report: str | None =
 
         model, method = load_model(checkpoints, overrides, device)
         step(f"reading {scan}")
-        image = read_ct(scan)
+        image = read_ct(scan, series=series)
         step("lung mask")
         supplied = read_mask(lung_file, image, "lung mask") if lung_file else None
         lung = lung_mask(image, model.cfg.lung_mask, supplied, source=scan)

@@ -13,8 +13,10 @@ import inspect
 import logging
 import os
 import secrets
+import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from callbacks.volume_evaluation import VolumeEvaluation
 
 from ..config import SCHEDULE_KEYS, ConfigError, did_you_mean, differences
 from ..methods import Method
-from ..io import read_document, write_text
+from ..io import InputError, read_document, write_text
 from ..scores import EVALUATION, Evaluation, read_evaluation
 from .checkpoints import checkpoint_step, logged_through
 
@@ -104,6 +106,25 @@ def open_run_folder(cfg: DictConfig, kind: str, chosen: str | Path | None = None
         write_text(saved, OmegaConf.to_yaml(cfg))      # whole or not at all: other tasks may be reading it
     os.environ[LAUNCH_VARIABLE] = str(run_dir)      # read only by the ranks Lightning launches from here
     return run_dir
+
+
+@contextmanager
+def removed_if_refused(folder: Path, output_dir: str | Path):
+    """A run folder that held only its configuration when the command began is removed again, with the
+    folders above it that it leaves empty (up to output_dir), when the command is refused (bad input or
+    setting) before any checkpoint was saved: a refused command leaves no run behind."""
+    fresh = {p.name for p in folder.iterdir()} <= {"config.yaml"}
+    try:
+        yield folder
+    except (InputError, ConfigError):
+        if fresh and not launched_rank() and not any(folder.rglob("*.ckpt")):
+            shutil.rmtree(folder, ignore_errors=True)
+            stop = Path(output_dir).resolve()
+            for parent in folder.resolve().parents:
+                if not (parent == stop or stop in parent.parents) or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+        raise
 
 
 def resume_point(folder: Path) -> Path | None:

@@ -9,9 +9,10 @@ import lightning as L
 from ..config import ConfigError, load_config
 from ..datasets import discover
 from ..datasets.cache import prepare_cases
+from ..io import check_output_folder
 from ..methods import method_of
 from .checkpoints import checkpoint_step
-from .run import Run, check_trainer, finished, launched_rank, open_run_folder, resume_point
+from .run import Run, check_trainer, finished, launched_rank, open_run_folder, removed_if_refused, resume_point
 
 
 def train(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: str | None = None) -> Path:
@@ -25,11 +26,12 @@ def train(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: 
     if finished(folder):
         print(f"{folder} finished its training already: nothing to resume.")
         return folder
-    resume = resume_point(folder)
-    if resume is not None:
-        print(f"resuming {folder} from step {checkpoint_step(resume)} ({resume})")
-    L.seed_everything(cfg.seed, workers=True)
-    method.fit(cfg, Run(cfg, method, folder, resume))
+    with removed_if_refused(folder, cfg.output_dir):
+        resume = resume_point(folder)
+        if resume is not None:
+            print(f"resuming {folder} from step {checkpoint_step(resume)} ({resume})")
+        L.seed_everything(cfg.seed, workers=True)
+        method.fit(cfg, Run(cfg, method, folder, resume))
     return folder
 
 
@@ -44,6 +46,7 @@ def prepare_folder(scans: str, output: str | None, labelled: bool, experiment: s
     """Any folder of scans, prepared with an experiment's settings (normnet's by default)."""
     if not output:
         raise ConfigError("prepare --input needs --output <cache folder>.")
+    check_output_folder(output, [scans], "cache")
     cfg = load_config(experiment or "normnet", overrides)
     role = "test" if labelled else "healthy"
     index = prepare_cases(discover("folder", scans, cfg.datasets.folder, role), output, cfg, training=not labelled)
