@@ -50,7 +50,16 @@ class SemiSegFolders:
 
 
 def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+    """The readable slices of a folder; a truncated or damaged one is skipped with one line."""
+    images = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES):
+        try:
+            with Image.open(path) as image:
+                image.load()
+            images.append(path)
+        except (OSError, SyntaxError, ValueError):        # what PIL raises for a damaged file
+            print(f"skipped {path.stem}: {path}: not a readable image (truncated or damaged).")
+    return images
 
 
 def companion(folder: Path, image: Path) -> Path:
@@ -62,13 +71,21 @@ def companion(folder: Path, image: Path) -> Path:
     raise InputError(f"{image}: no {folder.name} file {folder / image.stem}.png beside it.")
 
 
+def _pixels(path: Path, mode: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert(mode), dtype=np.float32) / 255
+    except (OSError, SyntaxError, ValueError):
+        raise InputError(f"{path}: not a readable image (truncated or damaged).") from None
+
+
 def read_rgb(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    return torch.from_numpy(_pixels(path, "RGB")).permute(2, 0, 1)
 
 
 def read_grey(path: Path) -> torch.Tensor:
     """A soft mask: grey levels as [0, 1]."""
-    return torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255)[None]
+    return torch.from_numpy(_pixels(path, "L"))[None]
 
 
 def read_binary(path: Path) -> torch.Tensor:

@@ -76,6 +76,12 @@ def read_image(path: str | Path, series: str | None = None) -> sitk.Image:
     return image
 
 
+def last_line(err: BaseException) -> str:
+    """The last line of an exception's message (where libraries put what went wrong), or its kind."""
+    lines = str(err).strip().splitlines()
+    return lines[-1] if lines else type(err).__name__
+
+
 def _itk_reason(err: RuntimeError) -> str:
     """The line of an ITK exception that says what went wrong (not its source location, nor a stale errno)."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
@@ -106,6 +112,8 @@ def _check_nifti_data(path: Path) -> None:
                         bad += int(count - finite.sum())
                 checked += count
                 pending = pending[count * dtype.itemsize:]
+                if checked == voxels:            # complete: what follows the voxels is not read
+                    break
                 chunk = handle.read(1 << 24)
                 if not chunk:
                     break
@@ -113,7 +121,7 @@ def _check_nifti_data(path: Path) -> None:
                 pending += chunk
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise InputError(f"{path}: its compressed data is truncated or damaged ({err}).") from None
-    expected = offset + voxels * dtype.itemsize
+    expected = offset + voxels * dtype.itemsize if checked < voxels else 0
     if length < expected:
         raise InputError(f"{path}: holds {length} bytes where its header announces {expected}: the file is "
                          "truncated.")
@@ -158,30 +166,58 @@ def dicom_series_files(folder: Path, series: str | None = None) -> list[str]:
         raise InputError(f"{folder}: folder holds no DICOM series.")
     if series is None and len(uids) > 1:
         raise InputError(f"{folder}: holds {len(uids)} DICOM series ({', '.join(uids)}): choose one with "
-                         "--series UID, or keep one series per folder.")
+                         "--series UID (predict), or keep one series per folder.")
     if series is not None and series not in uids:
         raise InputError(f"{folder}: holds no DICOM series {series} (it holds {', '.join(uids)}).")
     in_series = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in uids}
     listed = {os.path.normpath(f) for files in in_series.values() for f in files}
     damaged = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
-               and os.path.normpath(p) not in listed and _looks_like_dicom(p)]
+               and p.name.upper() != "DICOMDIR" and os.path.normpath(p) not in listed and _looks_like_dicom(p)]
     if damaged:
         raise InputError(f"{damaged[0]}: a DICOM file that cannot be read (truncated or damaged)"
                          + (f", one of {len(damaged)} in its folder." if len(damaged) > 1 else "."))
-    files = list(in_series[series or uids[0]])
-    _check_slice_positions(folder, files)
-    return files
+    return _in_position_order(folder, list(in_series[series or uids[0]]))
+
+
+IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1."
+NOT_SLICES = ("1.2.840.10008.5.1.4.1.1.11.", "1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.104.",
+              "1.2.840.10008.5.1.4.1.1.481.", "1.2.840.10008.5.1.4.1.1.66")   # states, reports, PDF, RT, raw
 
 
 def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
+    """A DICOM file that should have been an image of the series: a DICOMDIR, a report or a presentation
+    state (known by the SOP class in its file meta header) is not."""
     with open(path, "rb") as handle:
-        return handle.read(132)[128:] == b"DICM"
+        head = handle.read(4096)
+    if head[128:132] != b"DICM":
+        return path.suffix.lower() == ".dcm"
+    sop_class = _meta_sop_class(head)
+    return sop_class is None or (sop_class.startswith(IMAGE_STORAGE) and not sop_class.startswith(NOT_SLICES))
 
 
-def _check_slice_positions(folder: Path, files: list[str]) -> None:
-    """Slices one spacing apart along the slice normal: no duplicate, no gap, no change of spacing."""
+def _meta_sop_class(head: bytes) -> str | None:
+    """(0002,0002) Media Storage SOP Class UID from a DICOM file meta header (explicit VR little endian)."""
+    position = 132
+    while position + 8 <= len(head):
+        group, element = struct.unpack("<HH", head[position:position + 4])
+        if group != 2:
+            return None
+        vr = head[position + 4:position + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            if position + 12 > len(head):
+                return None
+            length, start = struct.unpack("<I", head[position + 8:position + 12])[0], position + 12
+        else:
+            length, start = struct.unpack("<H", head[position + 6:position + 8])[0], position + 8
+        if element == 2:
+            return head[start:start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        position = start + length
+    return None
+
+
+def _in_position_order(folder: Path, files: list[str]) -> list[str]:
+    """The files sorted along the slice normal, checked one spacing apart: no duplicate, no gap, no change
+    of spacing. (GDCM falls back to instance numbers or file names where it cannot sort by position.)"""
     reader = sitk.ImageFileReader()
     reader.LoadPrivateTagsOff()
     positions = []
@@ -191,13 +227,18 @@ def _check_slice_positions(folder: Path, files: list[str]) -> None:
         if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
             if positions:
                 raise InputError(f"{name}: has no image position or orientation, unlike the other slices.")
-            return                        # no slice of the series says where it lies: nothing to check
-        location = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
-        axes = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
-        positions.append(float(np.cross(axes[:3], axes[3:]) @ location))
+            return files                  # no slice of the series says where it lies: nothing to check
+        try:
+            location = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+            axes = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+            positions.append(float(np.cross(axes[:3], axes[3:]) @ location))
+        except ValueError:
+            raise InputError(f"{name}: its image position or orientation is not 3 and 6 numbers.") from None
+    order = np.argsort(positions, kind="stable")
+    files, positions = [files[i] for i in order], [positions[i] for i in order]
     if len(positions) < 2:
-        return
-    steps = np.abs(np.diff(positions))
+        return files
+    steps = np.diff(positions)
     spacing = float(np.median(steps))
     for i, step in enumerate(steps):
         where = (f"{Path(files[i]).name} and {Path(files[i + 1]).name} "
@@ -211,6 +252,7 @@ def _check_slice_positions(folder: Path, files: list[str]) -> None:
                                  f"{spacing:.3g} mm apart.")
             raise InputError(f"{folder}: slice spacing varies from {steps.min():.3g} to {steps.max():.3g} mm "
                              f"(first between {where}); a series must be evenly spaced.")
+    return files
 
 
 def _check_finite(path: Path, image: sitk.Image) -> None:
@@ -220,7 +262,7 @@ def _check_finite(path: Path, image: sitk.Image) -> None:
         return
     finite = np.isfinite(array)
     if not finite.all():
-        first = tuple(int(i) for i in np.argwhere(~finite)[0][::-1])
+        first = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite)), finite.shape)[::-1])
         raise InputError(f"{path}: holds {int(finite.size - finite.sum())} voxels that are NaN or infinite "
                          f"(the first at index {first}).")
 
@@ -450,7 +492,13 @@ def write_image(image: sitk.Image, path: str | Path) -> Path:
                                                                    sitk.GetArrayViewFromImage(image)):
             raise OSError(f"{path}: the written file does not read back as the image written.")
 
-    return write_atomically(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True), verify)
+    def write(tmp: Path) -> None:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as err:
+            raise OSError(f"{path}: cannot be written ({_itk_reason(err)}).") from None
+
+    return write_atomically(path, write, verify)
 
 
 def check_output_file(path: str | Path, inputs: Iterable[str | Path] = (), suffixes=WRITTEN_SUFFIXES,
@@ -460,7 +508,7 @@ def check_output_file(path: str | Path, inputs: Iterable[str | Path] = (), suffi
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; the {what} needs a file name ending in {' or '.join(suffixes)}.")
-    if not path.name.lower().endswith(tuple(suffixes)) or path.name.startswith("."):
+    if not path.name.endswith(tuple(suffixes)) or path.name.startswith("."):    # ITK goes by lower case
         raise InputError(f"{path}: write the {what} as {' or '.join(suffixes)}.")
     for source in inputs:
         if source is not None and _same_or_inside(path, Path(source)):

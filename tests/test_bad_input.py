@@ -5,6 +5,7 @@ import gzip
 import locale
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,10 @@ def test_damaged_dicom_series_are_refused(tmp_path):
     """Gaps, duplicate positions and mixed spacing are refused, not resampled; so is a folder of two series
     unless one is chosen, and a folder holding a DICOM file that cannot be read."""
     even = [2.0 * i for i in range(10)]
+    uid = b"1.2.840.10008.5.1.4.1.1.88.22\0"          # a structured report beside the slices: not a slice
+    (tmp_path / "even").mkdir()
+    (tmp_path / "even" / "report.dcm").write_bytes(b"\0" * 128 + b"DICM" + struct.pack("<HH", 2, 2) + b"UI"
+                                                    + struct.pack("<H", len(uid)) + uid)
     assert read_ct(dicom_series(tmp_path / "even", even, "1.2.3.1")).GetSize() == (16, 16, 10)
     gap = dicom_series(tmp_path / "gap", even[:4] + even[5:], "1.2.3.2")
     with pytest.raises(InputError, match=r"gap: 1 slice\(s\) missing between 1.2.3.2-003.dcm and 1.2.3.2-004.dcm "
@@ -250,11 +255,15 @@ def test_a_replaced_scan_is_prepared_again(tmp_path):
     scans.mkdir()
     shutil.copy(shared_data("imlab-lung3d/id001-128x128x64.nii.gz"), scans / "case.nii.gz")
     assert main(prepare(scans, cache)) == 0
-    first = json.loads((cache / "case" / "meta.json").read_text())
+    meta = cache / "case" / "meta.json"
+    first, written = json.loads(meta.read_text()), meta.stat().st_mtime_ns
+    assert main(prepare(scans, cache)) == 0 and meta.stat().st_mtime_ns == written      # unchanged: reused
+    os.utime(scans / "case.nii.gz", ns=(written + 10**9, written + 10**9))      # touched: prepared again
+    assert main(prepare(scans, cache)) == 0 and meta.stat().st_mtime_ns != written
     shutil.copy(shared_data("cip/ct-64.nrrd"), tmp_path / "other.nrrd")
     write_image(read_ct(tmp_path / "other.nrrd"), scans / "case.nii.gz")
     assert main(prepare(scans, cache)) == 0
-    second = json.loads((cache / "case" / "meta.json").read_text())
+    second = json.loads(meta.read_text())
     assert second["sources"] != first["sources"] and second["slices"] == 79 and first["slices"] == 64
     assert np.load(cache / "case" / "image.npy").shape == tuple(second["shape"])
 
@@ -286,12 +295,12 @@ def test_one_bad_training_volume_is_skipped_and_none_usable_stops(tmp_path, caps
     settings = [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.healthy=folder"]
     assert main(["train", "normnet_quick", *settings, f"data.healthy_root={good}",
                  f"output_dir={tmp_path / 'runs'}"]) == 0
-    out = capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
     for name, why in (("cut", "truncated"), ("nan", "NaN or infinite"), ("thin", "needs at least 8")):
-        assert f"skipped {name}: {good / name}.nii.gz: " in out and why in out
+        assert any(line.startswith(f"skipped {name}: {good / name}.nii.gz: ") and why in line for line in lines)
     refused(["train", "normnet_quick", *settings, f"data.healthy_root={bad}", f"output_dir={tmp_path / 'bad-runs'}"],
             capsys, "none of the 3 volumes listed could be used")
-    assert not (tmp_path / "bad-runs").exists()
+    assert list((tmp_path / "bad-runs").iterdir()) == []
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------
@@ -324,6 +333,11 @@ def test_unusable_checkpoints_are_refused(checkpoint, tmp_path, capsys):
                 f"{path}: {message}")
         refused(["evaluate", "--checkpoint", str(path)], capsys, f"{path}: {message}")
     assert not out.exists()
+    unlabelled = tmp_path / "unlabelled" / "images"        # evaluation volumes without lesion masks
+    unlabelled.mkdir(parents=True)
+    shutil.copy(shared_data("cip/ct-64.nrrd"), unlabelled / "ct-64.nrrd")
+    refused(["evaluate", "--checkpoint", str(checkpoint), "data.test=[folder]", f"data.test_root={unlabelled.parent}",
+             f"data.cache_dir={tmp_path / 'cache'}"], capsys, "none of the 1 volumes listed could be used")
     assert not list(checkpoint.parents[3].glob("normnet_quick/evaluate-*"))
 
 
@@ -341,3 +355,17 @@ def test_gzip_check_reads_only_what_it_must(tmp_path):
     padded = tmp_path / "padded.nii.gz"
     padded.write_bytes(gzip.compress(plain.read_bytes() + b"\0" * 64))
     assert read_ct(padded).GetSize() == (128, 128, 8)
+
+
+def test_a_damaged_slice_of_covid_semiseg_is_skipped(tmp_path, capsys):
+    """Inf-Net's 2D slices: a truncated JPEG is left out of a listing with one line, and read alone it is
+    refused naming the file."""
+    from datamodules.covid_semiseg import images_in, read_rgb
+
+    source = sorted(shared_data("covid-semiseg/TestingSet/LungInfection-Test/Imgs").iterdir())[0]
+    shutil.copy(source, tmp_path / "good.jpg")
+    cut = truncated_copy(source, tmp_path / "cut.jpg", keep=0.5)
+    assert images_in(tmp_path) == [tmp_path / "good.jpg"]
+    assert f"skipped cut: {cut}: not a readable image" in capsys.readouterr().out
+    with pytest.raises(InputError, match=f"{cut}: not a readable image"):
+        read_rgb(cut)

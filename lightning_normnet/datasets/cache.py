@@ -14,6 +14,7 @@ skipped, and is rewritten (atomically) each time the folder is brought up to dat
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
-from ..io import Grid, InputError, read_ct, read_mask, read_slice_labels, save_array, write_text
+from ..io import Grid, InputError, last_line, read_ct, read_mask, read_slice_labels, save_array, write_text
 from ..lungmask import lung_mask
 from ..preprocessing import prepare_volume, window
 from .cases import Case, Listing
@@ -79,9 +81,11 @@ def prepare_cases(listing: Listing, out_dir: str | Path, cfg: DictConfig, traini
     for case in track(listing.cases, description=description, transient=True):
         try:
             entries.append(_prepare_case(case, out_dir / case.name, cfg, training))
-        except (InputError, RuntimeError, ValueError, ArithmeticError) as err:   # one bad volume ends no run
+        except (InputError, RuntimeError, ValueError, ArithmeticError, OSError) as err:   # one bad volume ends no run
+            if isinstance(err, torch.OutOfMemoryError) or getattr(err, "errno", None) == errno.ENOSPC:
+                raise                       # the machine's fault, not the volume's
             reason = str(err) if isinstance(err, InputError) else \
-                f"{case.image}: cannot be prepared ({type(err).__name__}: {str(err).strip().splitlines()[-1]})."
+                f"{case.image}: cannot be prepared ({type(err).__name__}: {last_line(err)})."
             skipped.append({"case": case.name, "reason": reason})
             print(f"skipped {case.name}: {reason}")
     index = {"cases": entries, "skipped": skipped, "training": training}
@@ -137,7 +141,10 @@ def _prepare_case(case: Case, folder: Path, cfg: DictConfig, training: bool) -> 
     meta_path = folder / "meta.json"
     fingerprint = source_fingerprint(case)
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:     # damaged (written by hand or another tool): prepared again
+            meta = {}
         if meta.get("sources") == fingerprint:
             return meta
         meta_path.unlink()               # a replaced scan: its arrays are stale until prepared again

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.checkpointing import LOGGED_THROUGH
 
 from ..config import ConfigError, config_from_checkpoint
-from ..io import InputError
+from ..io import InputError, last_line
 from ..methods import Method, method_of
 from ..methods.fitting import as_dict
 from ..models.base import SegmentationModule
@@ -29,8 +29,7 @@ def _read_checkpoint(path: str | Path) -> dict:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:      # torch raises many kinds (zip, pickle, EOF, runtime) for a damaged file
-        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0] if str(err).strip() else 'damaged'}).") from None
+        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {last_line(err)}).") from None
     if not isinstance(saved, dict) or "state_dict" not in saved or "global_step" not in saved:
         raise InputError(f"{path}: not a Lightning checkpoint (no weights or step in it).")
     return saved
@@ -100,7 +99,9 @@ def load_model(paths: list[str], overrides: list[str] | tuple[str, ...] = (),
         try:
             models.append(method.module.load_from_checkpoint(path, map_location=device, weights_only=False,
                                                              config=as_dict(cfg)))
-        except RuntimeError as err:     # weights of another network than its configuration builds
+        except RuntimeError as err:
+            if not any(k in str(err) for k in ("size mismatch", "Missing key", "Unexpected key")):
+                raise
             raise InputError(f"{path}: its weights do not fit the {method.name} network its configuration "
                              f"describes ({str(err).strip().splitlines()[0]}).") from None
     model = method.ensemble(models) if len(models) > 1 else models[0]

@@ -38,14 +38,14 @@ def cross_validate(experiment: str, overrides: list[str] | tuple[str, ...] = (),
     if not 2 <= cfg.cv.folds <= items:
         raise ConfigError(f"cv.folds={cfg.cv.folds} needs 2 <= folds <= the {items} labelled items it splits.")
     cv_dir = open_run_folder(cfg, "cv", chosen)
-    with removed_if_refused(cv_dir, cfg.output_dir):
+    with removed_if_refused(cv_dir, cfg.output_dir, chosen):
         for fold in range(cfg.cv.folds):
             fold_dir = cv_dir / f"fold{fold}"
             if finished(fold_dir):
                 continue
             fold_cfg = apply_overrides(cfg, [f"cv.fold={fold}", "data.test=[]"])
             fold_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(fold_cfg, fold_dir / "config.yaml")
+            write_text(fold_dir / "config.yaml", OmegaConf.to_yaml(fold_cfg))
             L.seed_everything(cfg.seed, workers=True)
             method.fit(fold_cfg, Run(fold_cfg, method, fold_dir, resume_point(fold_dir)))
     print(f"\n{cfg.cv.folds}-fold cross-validation ({cv_dir}):\n{summarize_folds(cv_dir, cfg.cv.folds)}")

@@ -41,9 +41,11 @@ def evaluate_checkpoints(checkpoints: list[str], overrides: list[str] | tuple[st
 def _find_mask(masks: Path, dataset: str, case: str) -> Path:
     for folder in (masks / dataset, masks):
         if folder.is_dir():
-            for path in sorted(folder.iterdir()):
-                if is_image_file(path) and case_name(path) == case:
-                    return path
+            found = [p for p in sorted(folder.iterdir()) if is_image_file(p) and case_name(p) == case]
+            if len(found) > 1:
+                raise InputError(f"{found[0]} and {found[1]} are both the mask of case '{case}': keep one.")
+            if found:
+                return found[0]
     raise InputError(f"{masks}: no predicted mask {dataset}/{case}.* (nor {case}.*); every scored volume needs one.")
 
 

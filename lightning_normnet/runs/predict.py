@@ -3,6 +3,7 @@ lesion mask written in the scan's own geometry; with a report, its numbers (JSON
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -15,6 +16,23 @@ from ..report import infection_report, report_figure
 from .checkpoints import load_model
 
 STEPS = 5
+
+
+@contextmanager
+def all_or_none(outputs: list[Path]):
+    """The outputs are written together (each call of the yielded `done(path)` records one): where one
+    fails, those written before it, and the folders made for them, are removed again."""
+    made = [f for f in {o.parent for o in outputs} if not f.exists()]
+    written: list[Path] = []
+    try:
+        yield written.append
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        for folder in sorted(made, key=lambda f: len(f.parts), reverse=True):
+            with suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def predict(checkpoints: list[str], scan: str, output: str, report: str | None = None,
@@ -45,13 +63,16 @@ def predict(checkpoints: list[str], scan: str, output: str, report: str | None =
         step(f"{method.name} on its grid ({' x '.join(f'{s:g}' for s in model.cfg.preprocessing.spacing)} mm)")
         lesion = predict_scan(model, image, lung, device)
         step(f"writing {output_path.name}")
-        write_image(lesion, output_path)
         numbers = infection_report(scan, lesion, lung)
-        if report:
-            write_text(report, json.dumps({**numbers, "method": method.name, "checkpoints": checkpoints}, indent=1))
-            report_figure(image, lesion, lung, Path(report).with_suffix(".png"),
-                          f"{Path(scan).name}: {method.name}, {numbers['lesion_volume_ml']:.1f} mL lesion, "
-                          f"{numbers['percentage_of_infection']:.2f}% of the lung")
+        outputs = [output_path] + ([Path(report), Path(report).with_suffix(".png")] if report else [])
+        with all_or_none(outputs) as done:
+            done(write_image(lesion, output_path))
+            if report:
+                done(write_text(report, json.dumps({**numbers, "method": method.name, "checkpoints": checkpoints},
+                                                   indent=1)))
+                done(report_figure(image, lesion, lung, Path(report).with_suffix(".png"),
+                                   f"{Path(scan).name}: {method.name}, {numbers['lesion_volume_ml']:.1f} mL "
+                                   f"lesion, {numbers['percentage_of_infection']:.2f}% of the lung"))
         step("done")
     print(f"lesion mask: {output_path} ({numbers['lesion_volume_ml']:.1f} mL lesion in "
           f"{numbers['lung_volume_ml']:.1f} mL lung, {numbers['percentage_of_infection']:.2f}%)")

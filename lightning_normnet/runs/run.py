@@ -16,7 +16,7 @@ import secrets
 import shutil
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,21 +109,22 @@ def open_run_folder(cfg: DictConfig, kind: str, chosen: str | Path | None = None
 
 
 @contextmanager
-def removed_if_refused(folder: Path, output_dir: str | Path):
-    """A run folder that held only its configuration when the command began is removed again, with the
-    folders above it that it leaves empty (up to output_dir), when the command is refused (bad input or
-    setting) before any checkpoint was saved: a refused command leaves no run behind."""
-    fresh = {p.name for p in folder.iterdir()} <= {"config.yaml"}
+def removed_if_refused(folder: Path, output_dir: str | Path, chosen: str | Path | None = None):
+    """A run folder this command made (not one the user chose) is removed again, with the folders above it
+    that it leaves empty (below output_dir), when the command is refused (bad input or setting) before any
+    checkpoint was saved: a refused command leaves no run behind."""
+    fresh = chosen is None and {p.name for p in folder.iterdir()} <= {"config.yaml"}
     try:
         yield folder
     except (InputError, ConfigError):
         if fresh and not launched_rank() and not any(folder.rglob("*.ckpt")):
             shutil.rmtree(folder, ignore_errors=True)
             stop = Path(output_dir).resolve()
-            for parent in folder.resolve().parents:
-                if not (parent == stop or stop in parent.parents) or any(parent.iterdir()):
-                    break
-                parent.rmdir()
+            with suppress(OSError):          # another run may be filling a parent at this moment
+                for parent in folder.resolve().parents:
+                    if stop not in parent.parents or any(parent.iterdir()):
+                        break
+                    parent.rmdir()
         raise
 
 

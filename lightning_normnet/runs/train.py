@@ -26,7 +26,7 @@ def train(experiment: str, overrides: list[str] | tuple[str, ...] = (), chosen: 
     if finished(folder):
         print(f"{folder} finished its training already: nothing to resume.")
         return folder
-    with removed_if_refused(folder, cfg.output_dir):
+    with removed_if_refused(folder, cfg.output_dir, chosen):
         resume = resume_point(folder)
         if resume is not None:
             print(f"resuming {folder} from step {checkpoint_step(resume)} ({resume})")
