@@ -1,10 +1,15 @@
-"""The README's real-scan check: slice-level detection on COVID-CT-MD P001, lesion fraction on healthy scans.
+"""The README's real-scan report: NormNet and the naive threshold side by side on real CT.
 
-    python -m benchmarks.real_scans --checkpoint CKPT [CKPT ...]
+    python -m benchmarks.real_scans --checkpoint CKPT [CKPT ...] [--output DIR]
 
-Predicts P001 (DICOM) with any method's checkpoint (or NormNet checkpoints voting) and scores the
-per-slice lesion voxel count against P001_slice_labels.csv (AUC, and sensitivity/specificity of 'any
-lesion voxel'); predicts the healthy scans and reports the fraction of lung called lesion.
+For COVID-CT-MD P001 (DICOM, per-slice labels with the lobes involved): the slice-level AUC of the
+per-slice lesion voxel count against `infected`; the same per lung, the left lung's count against
+LLL|LUL and the right's against RLL|RML|RUL; sensitivity and specificity of 'any lesion voxel in the
+slice'; the share of the lung called lesion. For every healthy real scan of ../shared/data: the share
+of its lung called lesion, marked whether the NormNet checkpoint trained on it (its data.healthy_root
+is read from the checkpoint). The threshold method needs no training: it is built from
+experiments/threshold.yaml. With --output, report.md and one overlay picture per method and scan
+(the most affected slices, lesion outlined) for reading the false positives.
 """
 from __future__ import annotations
 
@@ -12,48 +17,111 @@ import argparse
 import csv
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
+from lightning_normnet.config import load_config
 from lightning_normnet.inference import predict_scan
-from lightning_normnet.io import read_ct
+from lightning_normnet.io import read_ct, write_text
 from lightning_normnet.lungmask import lung_mask
-from lightning_normnet.report import infection_report
+from lightning_normnet.methods.fitting import as_dict
+from lightning_normnet.models.threshold import ThresholdModel
+from lightning_normnet.report import infection_report, report_figure
 from lightning_normnet.runs.checkpoints import load_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-HEALTHY = {"covid-ct-md/normal001 (trained on)": "covid-ct-md/normal001",
-           "imlab id001 (trained on)": "imlab-lung3d/id001-128x128x64.nii.gz",
-           "cip TestInput (unseen)": "cip/TestInput.nrrd", "cip ct-64 (unseen)": "cip/ct-64.nrrd"}
+COVID = "covid-ct-md/P001"
+HEALTHY = {"normal001": "covid-ct-md/normal001", "imlab id001": "imlab-lung3d/id001-128x128x64.nii.gz",
+           "imlab id003": "imlab-lung3d/id003-128x128x64.nii.gz", "cip ct-64": "cip/ct-64.nrrd",
+           "cip TestInput": "cip/TestInput.nrrd"}
+LEFT, RIGHT = ("LLL", "LUL"), ("RLL", "RML", "RUL")
 
 
-def report_of(model, path: Path, device) -> dict:
+def trained_on(model) -> set[Path]:
+    """The scans a checkpoint's healthy folder (data.healthy=folder) holds, links resolved."""
+    cfg = model.cfg
+    if cfg.data.healthy != "folder" or not cfg.data.healthy_root:
+        return set()
+    root = Path(cfg.data.healthy_root)
+    images = root / "images" if (root / "images").is_dir() else root
+    return {p.resolve() for p in images.iterdir()} if images.is_dir() else set()
+
+
+def left_lung_columns(lung: sitk.Image) -> np.ndarray:
+    """Per image column (x index), whether it lies in the patient's left half: LPS x grows to the patient's
+    left, and the midline is the column of least lung between the lungs (between the 30th and 70th
+    percentile of the lung's columns)."""
+    array = sitk.GetArrayViewFromImage(lung) > 0
+    per_column = array.sum(axis=(0, 1))
+    cumulative = np.cumsum(per_column) / per_column.sum()
+    low, high = np.searchsorted(cumulative, 0.3), np.searchsorted(cumulative, 0.7)
+    midline = low + int(np.argmin(per_column[low:high + 1]))
+    x_of_column = lung.GetOrigin()[0] + lung.GetDirection()[0] * lung.GetSpacing()[0] * np.arange(len(per_column))
+    return x_of_column > x_of_column[midline]
+
+
+def p001_scores(lesion: sitk.Image, lung: sitk.Image) -> dict:
+    with open(DATA / "covid-ct-md" / "P001_slice_labels.csv") as handle:
+        rows = {int(r["z_index"]): r for r in csv.DictReader(handle)}
+    array = sitk.GetArrayViewFromImage(lesion) > 0
+    left = left_lung_columns(lung)
+    depth = array.shape[0]
+
+    def labels(columns) -> torch.Tensor:
+        return torch.tensor([int(any(int(rows[z][c]) for c in columns)) for z in range(depth)])
+
+    infected = torch.tensor([int(rows[z]["infected"]) for z in range(depth)])
+    counts = torch.from_numpy(array.sum(axis=(1, 2)).astype(np.float32))
+    left_counts = torch.from_numpy(array[:, :, left].sum(axis=(1, 2)).astype(np.float32))
+    right_counts = torch.from_numpy(array[:, :, ~left].sum(axis=(1, 2)).astype(np.float32))
+    detected = counts > 0
+    return {"slice AUC": float(binary_auroc(counts, infected)),
+            "left-lung slice AUC (LLL, LUL)": float(binary_auroc(left_counts, labels(LEFT))),
+            "right-lung slice AUC (RLL, RML, RUL)": float(binary_auroc(right_counts, labels(RIGHT))),
+            "sensitivity, any lesion voxel": float(detected[infected == 1].float().mean()),
+            "specificity, any lesion voxel": float((~detected[infected == 0]).float().mean())}
+
+
+def scan(model, name: str, path: Path, device, output: Path | None) -> tuple[dict, sitk.Image, sitk.Image]:
     image = read_ct(path)
     lung = lung_mask(image, model.cfg.lung_mask, source=path)
-    return infection_report(path, predict_scan(model, image, lung, device), lung)
+    lesion = predict_scan(model, image, lung, device)
+    numbers = infection_report(path, lesion, lung)
+    if output is not None:
+        method = model.cfg.model.kind
+        report_figure(image, lesion, lung, output / f"{method}-{name.replace(' ', '-')}.png",
+                      f"{name}: {method}, {numbers['percentage_of_infection']:.2f}% of the lung called lesion")
+    return numbers, lesion, lung
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", nargs="+", required=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", nargs="+", required=True, help="NormNet checkpoint(s); several vote")
+    parser.add_argument("--output", help="folder for report.md and the overlay pictures")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, method = load_model(args.checkpoint, device=device)
-    report = report_of(model, DATA / "covid-ct-md" / "P001", device)
-    counts = torch.tensor(report["lesion_voxels_per_slice"], dtype=torch.float32)
-    with open(DATA / "covid-ct-md" / "P001_slice_labels.csv") as handle:
-        labels = {int(r["z_index"]): int(r["infected"]) for r in csv.DictReader(handle)}
-    truth = torch.tensor([labels[z] for z in range(len(counts))])
-    detected = counts > 0
-    print(f"{method.name} on P001: {int(truth.sum())} of {len(truth)} slices infected; "
-          f"slice-level AUC of the lesion voxel count = {float(binary_auroc(counts, truth)):.3f}; "
-          f"'any lesion voxel': sensitivity {float(detected[truth == 1].float().mean()):.3f}, "
-          f"specificity {float((~detected[truth == 0]).float().mean()):.3f}; "
-          f"infection {report['percentage_of_infection']:.2f}% of lung")
-    for title, relative in HEALTHY.items():
-        healthy = report_of(model, DATA / relative, device)
-        print(f"{title}: {healthy['percentage_of_infection']:.2f}% of the lung called lesion "
-              f"({healthy['lesion_volume_ml']:.1f} of {healthy['lung_volume_ml']:.1f} mL)")
+    normnet, _ = load_model(args.checkpoint, device=device)
+    threshold = ThresholdModel(as_dict(load_config("threshold"))).to(device).eval()
+    output = Path(args.output) if args.output else None
+    seen = trained_on(normnet)
+    rows: dict[str, list[str]] = {}
+    for model in (normnet, threshold):
+        numbers, lesion, lung = scan(model, "P001", DATA / COVID, device, output)
+        for key, value in p001_scores(lesion, lung).items():
+            rows.setdefault(f"P001 {key}", []).append(f"{value:.3f}")
+        rows.setdefault("P001 % of the lung called lesion", []).append(f"{numbers['percentage_of_infection']:.2f}")
+        for name, relative in HEALTHY.items():
+            healthy, _, _ = scan(model, name, DATA / relative, device, output)
+            status = "trained on" if (DATA / relative).resolve() in seen else "unseen"
+            rows.setdefault(f"{name} ({status}): % of the lung called lesion", []).append(
+                f"{healthy['percentage_of_infection']:.2f}")
+    table = "\n".join(["| measure | normnet | threshold |", "|---|---|---|"]
+                      + [f"| {key} | {' | '.join(values)} |" for key, values in rows.items()])
+    print(table)
+    if output is not None:
+        write_text(output / "report.md", f"checkpoints: {' '.join(args.checkpoint)}\n\n{table}\n")
 
 
 if __name__ == "__main__":

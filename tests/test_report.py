@@ -1,5 +1,6 @@
-"""The report of `normnet predict`: which slices its picture shows."""
+"""The report of `normnet predict`: which slices its picture shows; the real-scan report's lung split."""
 import numpy as np
+import SimpleITK as sitk
 
 from lightning_normnet.report import most_affected_levels
 
@@ -17,3 +18,21 @@ def test_without_lesion_the_levels_spread_over_the_lung():
     lung = np.zeros(20, int)
     lung[4:16] = 1                                  # lung slices 4..15: quarter points 6.75, 9.5, 12.25 of 4..15
     assert most_affected_levels(np.zeros(20, int), lung) == [7, 10, 12]
+
+
+def test_the_real_scan_report_splits_the_lungs_at_the_midline():
+    """benchmarks.real_scans scores each lung against its lobe labels: the patient's left is +x in LPS, and
+    the midline is the emptiest column between the lungs (here columns 9-10 of 20; the right lung is the
+    larger, so a split by volume would cut it)."""
+    from benchmarks.real_scans import left_lung_columns
+
+    array = np.zeros((4, 6, 20), np.uint8)
+    array[:, :, 1:9] = 1          # low x: the patient's right lung, 8 columns
+    array[:, :, 11:17] = 1        # high x: the left lung, 6 columns
+    lung = sitk.GetImageFromArray(array)
+    # lung columns 1-8 and 11-16 (24 voxels each): the 30th and 70th percentile fall in columns 5 and 12,
+    # the first empty column between them is 9, so x > 9 is the left
+    assert (left_lung_columns(lung) == (np.arange(20) > 9)).all()
+    flipped = sitk.GetImageFromArray(array[:, :, ::-1].copy())
+    flipped.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, 1))     # x = -column: the left lung in columns 3-8
+    assert (left_lung_columns(flipped) == (np.arange(20) < 9)).all()
