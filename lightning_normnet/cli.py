@@ -182,7 +182,7 @@ def _os_error(err: OSError) -> str:
                 "so free some space and run the same command again.")
     if err.filename:
         return f"{err.filename}: {err.strerror or err}; nothing was written in its place."
-    return f"{err}; nothing was written in its place."
+    return f"{str(err).rstrip('.')}; nothing was written in its place."
 
 
 def _stopped_by_signal(args, err: BaseException) -> tuple[str, int] | None:

@@ -571,7 +571,17 @@ def read_document(path: str | Path, what: str):
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """UTF-8 text, read back before it takes its name."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:     # the text's own line ends
+            handle.write(text)
+
+    def verify(tmp: Path) -> None:
+        with open(tmp, encoding="utf-8", newline="") as handle:
+            if handle.read() != text:
+                raise OSError(f"{path}: the written file does not read back as the text written.")
+
+    return write_atomically(path, write, verify)
 
 
 def csv_text(header: list[str], rows: list[list]) -> str:
