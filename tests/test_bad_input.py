@@ -369,3 +369,15 @@ def test_a_damaged_slice_of_covid_semiseg_is_skipped(tmp_path, capsys):
     assert f"skipped cut: {cut}: not a readable image" in capsys.readouterr().out
     with pytest.raises(InputError, match=f"{cut}: not a readable image"):
         read_rgb(cut)
+
+
+def test_cv_on_a_set_of_only_damaged_volumes_stops_and_leaves_nothing(tmp_path, capsys):
+    scans = tmp_path / "covid"
+    (scans / "images").mkdir(parents=True)
+    (scans / "lesions").mkdir()
+    truncated_copy(shared_data("imlab-lung3d/id002-128x128x64.nii.gz"), scans / "images" / "id002.nii.gz")
+    shutil.copy(shared_data("imlab-lung3d/id002-128x128x64-msk.nii.gz"), scans / "lesions" / "id002.nii.gz")
+    refused(["cv", "unet3d", *TINY, "data.train=[folder]", f"data.train_root={scans}", "cv.folds=2",
+             f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'runs'}"], capsys,
+            "none of the 1 volumes listed could be used")
+    assert not (tmp_path / "runs").exists() and not list((tmp_path / "cache").rglob("meta.json"))
