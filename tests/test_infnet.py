@@ -135,5 +135,25 @@ def test_pseudo_labels_are_soft_as_the_authors_keep_them(tmp_path):
     assert sorted(torch.unique(binary).tolist()) == [0.0, 1.0] and binary[0, 0, 7] == 1 and binary[0, 7, 7] == 0
 
 
-def test_semi_inf_net_fine_tunes_each_round_as_the_authors():
-    assert load_config("semi_infnet").semi.round_epochs == 9     # PseudoGenerator.py: epochs 1..9 a round
+def test_semi_inf_net_fine_tunes_each_round_as_the_authors(tiny_overrides, tmp_path, monkeypatch):
+    """PseudoGenerator.py: Inf-Net first (MyTrain_LungInf.py: lr 1e-4), then each round of K slices fine-tunes
+    epochs 1..9 at lr 3e-4; step (i) is a fresh Inf-Net at 1e-4. 7 unlabelled slices, K = 5: rounds of 5
+    and 2. The fits are recorded, not run."""
+    from lightning_normnet.methods import REGISTRY
+    from lightning_normnet.methods import semi_infnet
+    from lightning_normnet.runs.run import Run
+
+    assert load_config("semi_infnet").semi.round_epochs == 9 and load_config("semi_infnet").semi.round_lr == 3e-4
+    cfg = load_config("semi_infnet", tiny_overrides + ["semi.max_unlabelled=7", "semi.k=5", "infnet.epochs=2",
+                                                       "semi.pretrain_epochs=3"])
+    fits, rounds = [], []
+    monkeypatch.setattr(semi_infnet, "_fit_quietly",
+                        lambda run, model, data, epochs: fits.append((model.cfg.infnet.lr, epochs)))
+    monkeypatch.setattr(semi_infnet, "_write_pseudo_labels", lambda model, images, masks, size: rounds.append(
+        len(images)))
+    monkeypatch.setattr(semi_infnet, "train_by_epochs", lambda run, model, epochs, every: fits.append(
+        (model.cfg.infnet.lr, epochs)))
+    (tmp_path / "run").mkdir()
+    semi_infnet.fit_semi_infnet(cfg, Run(cfg, REGISTRY["semi_infnet"], tmp_path / "run"))
+    assert rounds == [5, 2]
+    assert fits == [(1e-4, 2), (3e-4, 9), (3e-4, 9), (1e-4, 3), (1e-4, 100)]

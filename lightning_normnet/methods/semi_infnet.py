@@ -12,6 +12,7 @@ from PIL import Image
 
 from datamodules.covid_semiseg import SemiSegFolders, SliceSegmentationDataModule, TestSlices, images_in
 
+from ..config import apply_overrides
 from ..datasets.sources import prepare_semiseg
 from ..io import write_atomically
 from ..models.infnet import InfNetModel
@@ -33,11 +34,14 @@ def fit_semi_infnet(cfg: DictConfig, run: Run) -> None:
     state, round_model, masks = work / "pool.json", work / "round.ckpt", work / "pseudo-labels"
     unlabelled = [str(p) for p in images_in(SemiSegFolders.find(prepare_semiseg(cfg, cfg.infnet.data_root)).unlabelled)]
     pool = PseudoLabelPool.load_or_start(state, unlabelled[: semi.max_unlabelled], cfg.seed)
-    model = InfNetModel.for_training(config)
+    # the rounds fine-tune at semi.round_lr (PseudoGenerator.py's train_module: 3e-4, a fresh Adam a round)
+    model = InfNetModel.for_training(as_dict(apply_overrides(cfg, [f"infnet.lr={semi.round_lr}"])))
     if round_model.is_file():
         model.load_state_dict(torch.load(round_model, map_location="cpu", weights_only=True))
-    else:   # line 2: M trained on the labelled slices
-        _fit_quietly(run, model, SliceSegmentationDataModule(cfg, evaluate=False), cfg.infnet.epochs)
+    else:   # line 2: M trained on the labelled slices, at Inf-Net's own rate
+        first = InfNetModel.for_training(config)
+        _fit_quietly(run, first, SliceSegmentationDataModule(cfg, evaluate=False), cfg.infnet.epochs)
+        model.load_state_dict(first.state_dict())
         write_atomically(round_model, lambda tmp: torch.save(model.state_dict(), tmp))
     while not pool.done:   # lines 3-8
         drawn = pool.draw(semi.k)
