@@ -53,14 +53,6 @@ def checkpoint_step(path: str | Path) -> int:
     return int(_read_checkpoint(path)["global_step"])
 
 
-def check_weights(path: str | Path) -> None:
-    """Every weight of a checkpoint finite: a run that diverged saves NaN, which would predict nothing."""
-    for name, tensor in _read_checkpoint(path)["state_dict"].items():
-        if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise InputError(f"{path}: weight {name} holds NaN or infinite values (the training diverged); "
-                             "use an earlier checkpoint.")
-
-
 def logged_through(path: str | Path) -> int:
     """The last logger step (metrics.csv's `step`) a training checkpoint covers."""
     saved = _read_checkpoint(path)
@@ -95,14 +87,23 @@ def load_model(paths: list[str], overrides: list[str] | tuple[str, ...] = (),
     for path, cfg in zip(paths, configs):
         cfg = config_from_checkpoint(OmegaConf.to_container(cfg), overrides)
         method_of(cfg)
-        check_weights(path)
         try:
-            models.append(method.module.load_from_checkpoint(path, map_location=device, weights_only=False,
-                                                             config=as_dict(cfg)))
+            model = method.module.load_from_checkpoint(path, map_location=device, weights_only=False,
+                                                       config=as_dict(cfg))
         except RuntimeError as err:
             if not any(k in str(err) for k in ("size mismatch", "Missing key", "Unexpected key")):
                 raise
             raise InputError(f"{path}: its weights do not fit the {method.name} network its configuration "
                              f"describes ({str(err).strip().splitlines()[0]}).") from None
+        _check_finite_weights(path, model)
+        models.append(model)
     model = method.ensemble(models) if len(models) > 1 else models[0]
     return model.to(device).eval(), method
+
+
+def _check_finite_weights(path: str | Path, model: torch.nn.Module) -> None:
+    """Every weight finite: a run that diverged saves NaN, which would predict nothing."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputError(f"{path}: weight {name} holds NaN or infinite values (the training diverged); "
+                             "use an earlier checkpoint.")
