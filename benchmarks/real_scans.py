@@ -62,6 +62,13 @@ def left_lung_columns(lung: sitk.Image) -> np.ndarray:
     return x_of_column > x_of_column[midline]
 
 
+def slice_auc(counts: torch.Tensor, labels: torch.Tensor) -> float:
+    """The AUC of per-slice lesion voxel counts. binary_auroc reads scores outside [0, 1] as logits and
+    squashes them with a sigmoid, which ties every count above about 17 at 1.0; dividing by the largest
+    count keeps their order."""
+    return float(binary_auroc(counts / counts.max().clamp(min=1), labels))
+
+
 def p001_scores(lesion: sitk.Image, lung: sitk.Image) -> dict:
     with open(DATA / "covid-ct-md" / "P001_slice_labels.csv") as handle:
         rows = {int(r["z_index"]): r for r in csv.DictReader(handle)}
@@ -77,9 +84,9 @@ def p001_scores(lesion: sitk.Image, lung: sitk.Image) -> dict:
     left_counts = torch.from_numpy(array[:, :, left].sum(axis=(1, 2)).astype(np.float32))
     right_counts = torch.from_numpy(array[:, :, ~left].sum(axis=(1, 2)).astype(np.float32))
     detected = counts > 0
-    return {"slice AUC": float(binary_auroc(counts, infected)),
-            "left-lung slice AUC (LLL, LUL)": float(binary_auroc(left_counts, labels(LEFT))),
-            "right-lung slice AUC (RLL, RML, RUL)": float(binary_auroc(right_counts, labels(RIGHT))),
+    return {"slice AUC": slice_auc(counts, infected),
+            "left-lung slice AUC (LLL, LUL)": slice_auc(left_counts, labels(LEFT)),
+            "right-lung slice AUC (RLL, RML, RUL)": slice_auc(right_counts, labels(RIGHT)),
             "sensitivity, any lesion voxel": float(detected[infected == 1].float().mean()),
             "specificity, any lesion voxel": float((~detected[infected == 0]).float().mean())}
 

@@ -1,6 +1,7 @@
-"""The report of `normnet predict`: which slices its picture shows; the real-scan report's lung split."""
+"""The report of `normnet predict`: which slices its picture shows; the real-scan report's lung split and slice AUC."""
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from lightning_normnet.report import most_affected_levels
 
@@ -36,3 +37,14 @@ def test_the_real_scan_report_splits_the_lungs_at_the_midline():
     flipped = sitk.GetImageFromArray(array[:, :, ::-1].copy())
     flipped.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, 1))     # x = -column: the left lung in columns 3-8
     assert (left_lung_columns(flipped) == (np.arange(20) < 9)).all()
+
+
+def test_the_real_scan_report_ranks_slices_by_their_counts():
+    """Counts 0, 5, 100, 200 with only the 200-voxel slice infected rank it first: AUC 1 by hand. Fed as
+    they are, torchmetrics would squash 100 and 200 to the same 1.0 and give 5/6."""
+    from benchmarks.real_scans import slice_auc
+    counts = torch.tensor([0.0, 5.0, 100.0, 200.0])
+    assert slice_auc(counts, torch.tensor([0, 0, 0, 1])) == 1.0
+    # positives 100 and 5 against negatives 200 and 0: 100 > 0 and 5 > 0 win, the other two lose
+    assert slice_auc(counts[[2, 1, 3, 0]], torch.tensor([1, 1, 0, 0])) == 0.5
+    assert slice_auc(torch.zeros(4), torch.tensor([0, 1, 0, 1])) == 0.5
