@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,10 @@ import SimpleITK as sitk
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from lightning_normnet.config import load_config
+from lightning_normnet.cli import os_error_sentence
+from lightning_normnet.config import ConfigError, load_config
 from lightning_normnet.inference import predict_scan
-from lightning_normnet.io import read_ct, write_text
+from lightning_normnet.io import InputError, read_ct, write_text
 from lightning_normnet.lungmask import lung_mask
 from lightning_normnet.methods.fitting import as_dict
 from lightning_normnet.models.threshold import ThresholdModel
@@ -91,8 +93,10 @@ def p001_scores(lesion: sitk.Image, lung: sitk.Image) -> dict:
             "specificity, any lesion voxel": float((~detected[infected == 0]).float().mean())}
 
 
-def scan(model, name: str, path: Path, device, output: Path | None) -> tuple[dict, sitk.Image, sitk.Image]:
-    image = read_ct(path)
+def scan(model, name: str, image: sitk.Image, path: Path, device,
+         output: Path | None) -> tuple[dict, sitk.Image, sitk.Image]:
+    """One method on one scan, with the method's own lung-mask settings: (infection_report numbers, lesion,
+    lung)."""
     lung = lung_mask(image, model.cfg.lung_mask, source=path)
     lesion = predict_scan(model, image, lung, device)
     numbers = infection_report(path, lesion, lung)
@@ -103,33 +107,47 @@ def scan(model, name: str, path: Path, device, output: Path | None) -> tuple[dic
     return numbers, lesion, lung
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", nargs="+", required=True, help="NormNet checkpoint(s); several vote")
-    parser.add_argument("--output", help="folder for report.md and the overlay pictures")
-    args = parser.parse_args()
+def report(checkpoints: list[str], output: Path | None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    normnet, _ = load_model(args.checkpoint, device=device)
+    normnet, _ = load_model(checkpoints, device=device)
     threshold = ThresholdModel(as_dict(load_config("threshold"))).to(device).eval()
-    output = Path(args.output) if args.output else None
     seen = trained_on(normnet)
     rows: dict[str, list[str]] = {}
-    for model in (normnet, threshold):
-        numbers, lesion, lung = scan(model, "P001", DATA / COVID, device, output)
-        for key, value in p001_scores(lesion, lung).items():
-            rows.setdefault(f"P001 {key}", []).append(f"{value:.3f}")
-        rows.setdefault("P001 % of the lung called lesion", []).append(f"{numbers['percentage_of_infection']:.2f}")
-        for name, relative in HEALTHY.items():
-            healthy, _, _ = scan(model, name, DATA / relative, device, output)
-            status = "trained on" if (DATA / relative).resolve() in seen else "unseen"
-            rows.setdefault(f"{name} ({status}): % of the lung called lesion", []).append(
-                f"{healthy['percentage_of_infection']:.2f}")
+    for name, relative in {"P001": COVID, **HEALTHY}.items():
+        path = DATA / relative
+        image = read_ct(path)                                   # once per scan, for both methods
+        for model in (normnet, threshold):
+            numbers, lesion, lung = scan(model, name, image, path, device, output)
+            share = f"{numbers['percentage_of_infection']:.2f}"
+            if name == "P001":
+                for key, value in p001_scores(lesion, lung).items():
+                    rows.setdefault(f"P001 {key}", []).append(f"{value:.3f}")
+                rows.setdefault("P001 % of the lung called lesion", []).append(share)
+            else:
+                status = "trained on" if path.resolve() in seen else "unseen"
+                rows.setdefault(f"{name} ({status}): % of the lung called lesion", []).append(share)
     table = "\n".join(["| measure | normnet | threshold |", "|---|---|---|"]
                       + [f"| {key} | {' | '.join(values)} |" for key, values in rows.items()])
     print(table)
     if output is not None:
-        write_text(output / "report.md", f"checkpoints: {' '.join(args.checkpoint)}\n\n{table}\n")
+        write_text(output / "report.md", f"checkpoints: {' '.join(checkpoints)}\n\n{table}\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", nargs="+", required=True, help="NormNet checkpoint(s); several vote")
+    parser.add_argument("--output", help="folder for report.md and the overlay pictures")
+    args = parser.parse_args()
+    try:
+        report(args.checkpoint, Path(args.output) if args.output else None)
+    except (ConfigError, InputError) as err:
+        print(f"real_scans: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"real_scans: {os_error_sentence(err)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

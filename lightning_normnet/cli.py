@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normnet {args.command}: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"normnet {args.command}: {_os_error(err)}", file=sys.stderr)
+        print(f"normnet {args.command}: {os_error_sentence(err)}", file=sys.stderr)
         return 2
     except BaseException as err:
         stopped = _stopped_by_signal(args, err)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _os_error(err: OSError) -> str:
+def os_error_sentence(err: OSError) -> str:
     """One sentence for a failed read or write: the file and what the system said."""
     if err.errno == errno.ENOSPC:
         return (f"the disk is full (writing {err.filename or 'a file'}); files are written whole or not at all, "

@@ -48,3 +48,10 @@ def test_the_real_scan_report_ranks_slices_by_their_counts():
     # positives 100 and 5 against negatives 200 and 0: 100 > 0 and 5 > 0 win, the other two lose
     assert slice_auc(counts[[2, 1, 3, 0]], torch.tensor([1, 1, 0, 0])) == 0.5
     assert slice_auc(torch.zeros(4), torch.tensor([0, 1, 0, 1])) == 0.5
+
+
+def test_the_real_scan_report_refuses_a_missing_checkpoint_in_one_sentence(monkeypatch, capsys, tmp_path):
+    from benchmarks import real_scans
+    monkeypatch.setattr("sys.argv", ["real_scans", "--checkpoint", str(tmp_path / "none.ckpt")])
+    assert real_scans.main() == 2
+    assert capsys.readouterr().err == f"real_scans: {tmp_path / 'none.ckpt'}: checkpoint not found.\n"
