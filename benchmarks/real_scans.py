@@ -3,7 +3,9 @@
     python -m benchmarks.real_scans --checkpoint CKPT [CKPT ...] [--output DIR]
 
 For COVID-CT-MD P001 (DICOM, per-slice labels with the lobes involved): the slice-level AUC of the
-per-slice lesion voxel count against `infected`; the same per lung, the left lung's count against
+per-slice lesion voxel count against `infected`, beside the AUC of the lung's own per-slice area (infected
+slices lie mid-lung, where the lung is large: a method that only follows the lung's size scores that
+much without detecting anything); the same per lung, the left lung's count against
 LLL|LUL and the right's against RLL|RML|RUL; sensitivity and specificity of 'any lesion voxel in the
 slice'; the share of the lung called lesion. For every healthy real scan of ../shared/data: the share
 of its lung called lesion, marked whether the NormNet checkpoint trained on it (its data.healthy_root
@@ -86,7 +88,9 @@ def p001_scores(lesion: sitk.Image, lung: sitk.Image) -> dict:
     left_counts = torch.from_numpy(array[:, :, left].sum(axis=(1, 2)).astype(np.float32))
     right_counts = torch.from_numpy(array[:, :, ~left].sum(axis=(1, 2)).astype(np.float32))
     detected = counts > 0
+    lung_area = torch.from_numpy((sitk.GetArrayViewFromImage(lung) > 0).sum(axis=(1, 2)).astype(np.float32))
     return {"slice AUC": slice_auc(counts, infected),
+            "slice AUC of the lung's own area (no detection; the floor)": slice_auc(lung_area, infected),
             "left-lung slice AUC (LLL, LUL)": slice_auc(left_counts, labels(LEFT)),
             "right-lung slice AUC (RLL, RML, RUL)": slice_auc(right_counts, labels(RIGHT)),
             "sensitivity, any lesion voxel": float(detected[infected == 1].float().mean()),

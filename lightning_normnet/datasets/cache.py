@@ -45,7 +45,7 @@ def preparation_settings(cfg: DictConfig, role: str, name: str, root: Path) -> d
     pre, edges, lung = cfg.preprocessing, cfg.preprocessing.edge_removal, cfg.lung_mask
     removes_edges = edges.enabled and (role == "healthy" or edges.at_inference)
     lung_keys = ("backend",) if lung.backend == "file" else (
-        "backend", "threshold_hu", "closing_radius_mm", "min_second_fraction")
+        "backend", "threshold_hu", "closing_radius_mm", "min_second_fraction", "airway_margin_mm")
     options = OmegaConf.to_container(cfg.datasets[name]) if name in cfg.datasets else {}
     return {
         "version": VERSION, "dataset": name, "role": role, "root": str(Path(root).resolve()),
