@@ -78,34 +78,22 @@ TRACHEA_MIN_LENGTH_MM = 15.0  # the air tube above the lungs must be this long t
 TRACHEA_AREA_RATIO = 2.0      # and its cross-section may vary by this factor along that length
 
 
-def trachea(lungs: np.ndarray, spacing_zyx, superior_last: bool) -> np.ndarray:
-    """The trachea's part of the mask above the lungs: from the mask's superior slice downwards, the
-    component that stays one small region of nearly constant area (a tube; an apex widens fast) and
-    apart from the lungs, followed by overlap for the longest run, if that run is long enough. Empty
-    where the scan shows no such tube (cut below the larynx, a phantom without trachea)."""
+def trachea_slices(lungs: np.ndarray, spacing_zyx, superior_last: bool) -> list[int]:
+    """The slices at the mask's superior end that hold the trachea alone: one small component of
+    nearly constant area (a tube, where an apex widens fast), read downwards until the lungs begin.
+    [] where the scan shows no such tube (cut below the larynx, a phantom without trachea, an apex at
+    the top)."""
     zs = np.flatnonzero(lungs.any(axis=(1, 2)))
-    if not zs.size:
-        return np.zeros_like(lungs)
-    order = zs[::-1] if superior_last else zs
     pixel_mm2 = spacing_zyx[1] * spacing_zyx[2]
-    best, best_length = np.zeros_like(lungs), 0
-    top_labels, count = ndimage.label(lungs[order[0]])
-    for component in range(1, count + 1):
-        region, areas, tube = top_labels == component, [], np.zeros_like(lungs)
-        for z in order:
-            labels, _ = ndimage.label(lungs[z])
-            ids = np.unique(labels[region])
-            if len(ids[ids > 0]) != 1:          # the tube ended or joined the lungs
-                break
-            region = labels == ids[ids > 0][0]
-            areas.append(region.sum() * pixel_mm2)
-            if areas[-1] > TRACHEA_MAX_AREA_MM2 or max(areas) > TRACHEA_AREA_RATIO * min(areas):
-                break
-            tube[z] = region
-        length = int(tube.any(axis=(1, 2)).sum())
-        if length > best_length:
-            best, best_length = tube, length
-    return best if best_length * spacing_zyx[0] >= TRACHEA_MIN_LENGTH_MM else np.zeros_like(lungs)
+    found, areas = [], []
+    for z in zs[::-1] if superior_last else zs:
+        area = lungs[z].sum() * pixel_mm2
+        if (ndimage.label(lungs[z])[1] != 1 or area > TRACHEA_MAX_AREA_MM2
+                or (areas and max(areas + [area]) > TRACHEA_AREA_RATIO * min(areas + [area]))):
+            break
+        found.append(int(z))
+        areas.append(area)
+    return found if len(found) * spacing_zyx[0] >= TRACHEA_MIN_LENGTH_MM else []
 
 
 def remove_large_airways(lungs: np.ndarray, hu: np.ndarray, spacing_zyx, superior_last: bool,
@@ -114,8 +102,8 @@ def remove_large_airways(lungs: np.ndarray, hu: np.ndarray, spacing_zyx, superio
     `margin_mm` to take their walls: the air below the first of AIRWAY_LUMEN_HU connected to the trachea
     (a stricter threshold where that leaks into the lung). Unchanged where no trachea is found or every
     threshold leaks."""
-    seeds = trachea(lungs, spacing_zyx, superior_last)
-    if not seeds.any():
+    seeds = trachea_slices(lungs, spacing_zyx, superior_last)
+    if not seeds:
         return lungs
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     for lumen_hu in AIRWAY_LUMEN_HU:
