@@ -90,7 +90,7 @@ def p001_scores(lesion: sitk.Image, lung: sitk.Image) -> dict:
     detected = counts > 0
     lung_area = torch.from_numpy((sitk.GetArrayViewFromImage(lung) > 0).sum(axis=(1, 2)).astype(np.float32))
     return {"slice AUC": slice_auc(counts, infected),
-            "slice AUC of the lung's own area (no detection; the floor)": slice_auc(lung_area, infected),
+            "slice AUC of the lung's own area (no detection)": slice_auc(lung_area, infected),
             "left-lung slice AUC (LLL, LUL)": slice_auc(left_counts, labels(LEFT)),
             "right-lung slice AUC (RLL, RML, RUL)": slice_auc(right_counts, labels(RIGHT)),
             "sensitivity, any lesion voxel": float(detected[infected == 1].float().mean()),

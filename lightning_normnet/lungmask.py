@@ -124,9 +124,11 @@ def _widen(mask: np.ndarray, spacing_zyx, radius_mm: float) -> np.ndarray:
     return out
 
 
-def superior_is_last(image: sitk.Image) -> bool:
-    """Whether the array's last slice is the most superior: LPS z grows towards the head."""
-    return image.GetDirection()[8] > 0
+def superior_is_last(image: sitk.Image) -> bool | None:
+    """Whether the array's last slice is the most superior (LPS z grows towards the head); None where the
+    slices are not axial (a coronal or sagittal stack), which has no top slice to find the trachea in."""
+    cosine = image.GetDirection()[8]
+    return None if abs(cosine) < 0.5 else cosine > 0
 
 
 def lung_mask(image: sitk.Image, cfg: DictConfig, supplied: sitk.Image | None = None,
@@ -142,8 +144,9 @@ def lung_mask(image: sitk.Image, cfg: DictConfig, supplied: sitk.Image | None = 
         hu = sitk.GetArrayViewFromImage(image)
         array = threshold_lung_mask(hu, spacing_zyx, cfg.threshold_hu, cfg.closing_radius_mm,
                                     cfg.min_second_fraction)
-        if cfg.airway_margin_mm is not None:
-            array = remove_large_airways(array, hu, spacing_zyx, superior_is_last(image), cfg.airway_margin_mm)
+        superior_last = superior_is_last(image)
+        if cfg.airway_margin_mm is not None and superior_last is not None:
+            array = remove_large_airways(array, hu, spacing_zyx, superior_last, cfg.airway_margin_mm)
         mask = sitk.GetImageFromArray(array.astype(np.uint8))
         mask.CopyInformation(image)
     if not sitk.GetArrayViewFromImage(mask).any():

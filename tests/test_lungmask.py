@@ -88,12 +88,23 @@ def test_an_airway_that_leaks_into_the_lung_is_not_cut():
     assert (remove_large_airways(lungs, hu, (5.0, 5.0, 5.0), True, 5.0) == lungs).all()
 
 
+def test_a_stricter_lumen_threshold_is_tried_where_the_first_leaks():
+    """Lungs at -920 HU: below -900 the trachea joins them (over 150 mL); below -930 it is alone and is cut."""
+    from lightning_normnet.lungmask import remove_large_airways, threshold_lung_mask
+    hu = _chest_with_trachea(parenchyma_hu=-920.0)
+    lungs = threshold_lung_mask(hu, (5.0, 5.0, 5.0), closing_radius_mm=0.0)
+    kept = remove_large_airways(lungs, hu, (5.0, 5.0, 5.0), True, 5.0)
+    assert (lungs & ~kept).sum() == 135 + 3 + 6 + 2
+
+
 def test_the_superior_end_follows_the_image_direction():
     from lightning_normnet.lungmask import superior_is_last
     image = sitk.GetImageFromArray(np.zeros((4, 4, 4), np.float32))
-    assert superior_is_last(image)
+    assert superior_is_last(image) is True
     image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))          # slices stored head first
-    assert not superior_is_last(image)
+    assert superior_is_last(image) is False
+    image.SetDirection((1, 0, 0, 0, 0, 1, 0, -1, 0))          # a coronal stack: no top slice, no cut
+    assert superior_is_last(image) is None
 
 
 def test_lung_mask_config_switches_the_airway_cut():

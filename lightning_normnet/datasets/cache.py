@@ -34,7 +34,7 @@ from .cases import Case, Listing
 
 INDEX = "index.json"
 SETTINGS = "settings.json"
-VERSION = 4   # bump when preparation changes what it writes for equal settings
+VERSION = 5   # bump when preparation changes what it writes for equal settings
 # Options that only choose which cases a set lists; they do not change any case's arrays.
 LISTING_OPTIONS = {"exclude", "max_z_spacing_mm", "expert_only", "subsets", "remove_nodule_slices",
                    "nodule_margin_mm", "root"}
