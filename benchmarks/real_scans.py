@@ -25,10 +25,10 @@ import SimpleITK as sitk
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from lightning_normnet.cli import os_error_sentence
-from lightning_normnet.config import ConfigError, load_config
+from lightning_normnet.cli import BAD_INPUT, refuse
+from lightning_normnet.config import load_config
 from lightning_normnet.inference import predict_scan
-from lightning_normnet.io import InputError, read_ct, write_text
+from lightning_normnet.io import read_ct, write_text
 from lightning_normnet.lungmask import lung_mask
 from lightning_normnet.methods.fitting import as_dict
 from lightning_normnet.models.threshold import ThresholdModel
@@ -144,12 +144,8 @@ def main() -> int:
     args = parser.parse_args()
     try:
         report(args.checkpoint, Path(args.output) if args.output else None)
-    except (ConfigError, InputError) as err:
-        print(f"real_scans: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"real_scans: {os_error_sentence(err)}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as err:
+        return refuse("real_scans", err)
     return 0
 
 

@@ -160,12 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         args.checkpoint = [c for c in args.checkpoint if "=" not in c]
     try:
         args.func(args)
-    except (ConfigError, InputError) as err:
-        print(f"normnet {args.command}: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"normnet {args.command}: {os_error_sentence(err)}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as err:
+        return refuse(f"normnet {args.command}", err)
     except BaseException as err:
         stopped = _stopped_by_signal(args, err)
         if stopped is None:
@@ -173,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normnet {args.command}: {stopped[0]}", file=sys.stderr)
         return stopped[1]
     return 0
+
+
+BAD_INPUT = (ConfigError, InputError, OSError)
+
+
+def refuse(program: str, err: Exception) -> int:
+    """A bad input's one sentence on stderr, named by `program`, and exit code 2."""
+    sentence = os_error_sentence(err) if isinstance(err, OSError) else str(err)
+    print(f"{program}: {sentence}", file=sys.stderr)
+    return 2
 
 
 def os_error_sentence(err: OSError) -> str:

@@ -231,6 +231,9 @@ def _check_ranges(conf: DictConfig) -> None:
     if conf.trainer.checkpoint_every is not None:
         require_counts(conf, ["trainer.checkpoint_every"])
     require_counts(conf, ["data.num_workers"], minimum=0)
+    if conf.lung_mask.airway_margin_mm is not None and _number(conf, "lung_mask.airway_margin_mm") < 0:
+        raise ConfigError(f"lung_mask.airway_margin_mm={conf.lung_mask.airway_margin_mm} must be null (keep the "
+                          f"airways) or at least 0 mm.")
     if not 0 <= _number(conf, "inference.overlap") < 1:
         raise ConfigError(f"inference.overlap={conf.inference.overlap} must lie in [0, 1).")
 

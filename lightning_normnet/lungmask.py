@@ -50,8 +50,7 @@ def _closing(mask: np.ndarray, spacing_zyx, radius_mm: float) -> np.ndarray:
     """Closing with a Euclidean ball in mm via distance transforms (linear time, anisotropic)."""
     if radius_mm <= 0:
         return mask
-    pad = [int(np.ceil(radius_mm / s)) + 1 for s in spacing_zyx]
-    box = tuple(slice(max(0, lo - p), hi + p) for (lo, hi), p in zip(_bbox(mask), pad))
+    pad, box = _box_around(mask, spacing_zyx, radius_mm)
     crop = np.pad(mask[box], [(p, p) for p in pad])
     dilated = ndimage.distance_transform_edt(~crop, sampling=spacing_zyx) <= radius_mm
     closed = ndimage.distance_transform_edt(dilated, sampling=spacing_zyx) > radius_mm
@@ -60,6 +59,13 @@ def _closing(mask: np.ndarray, spacing_zyx, radius_mm: float) -> np.ndarray:
                   for p, b, s in zip(pad, box, mask.shape))
     out[box] |= closed[inner]
     return out
+
+
+def _box_around(mask: np.ndarray, spacing_zyx, radius_mm: float) -> tuple[list[int], tuple[slice, ...]]:
+    """The voxels a ball of `radius_mm` can reach per axis (plus one), and the mask's bounding box widened by
+    them, cut at the array's border: where a distance transform of that radius needs to run."""
+    pad = [int(np.ceil(radius_mm / s)) + 1 for s in spacing_zyx]
+    return pad, tuple(slice(max(0, lo - p), hi + p) for (lo, hi), p in zip(_bbox(mask), pad))
 
 
 def _bbox(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -117,8 +123,7 @@ def remove_large_airways(lungs: np.ndarray, hu: np.ndarray, spacing_zyx, superio
 
 def _widen(mask: np.ndarray, spacing_zyx, radius_mm: float) -> np.ndarray:
     """The voxels within `radius_mm` of the mask (a Euclidean ball in mm), computed on its bounding box."""
-    pad = [int(np.ceil(radius_mm / s)) + 1 for s in spacing_zyx]
-    box = tuple(slice(max(0, lo - p), hi + p) for (lo, hi), p in zip(_bbox(mask), pad))
+    _, box = _box_around(mask, spacing_zyx, radius_mm)
     out = np.zeros_like(mask)
     out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing_zyx) <= radius_mm
     return out

@@ -115,3 +115,9 @@ def test_lung_mask_config_switches_the_airway_cut():
     kept = sitk.GetArrayFromImage(lung_mask(image, load_config(
         "normnet", ["lung_mask.closing_radius_mm=0", "lung_mask.airway_margin_mm=null"]).lung_mask))
     assert kept[19].any() and not cut[19].any() and cut.sum() < kept.sum()
+
+
+def test_a_negative_airway_margin_is_refused():
+    from lightning_normnet.config import ConfigError
+    with pytest.raises(ConfigError, match=r"lung_mask.airway_margin_mm=-1.0 must be null \(keep the airways\) or at"):
+        load_config("normnet", ["lung_mask.airway_margin_mm=-1.0"])
