@@ -1,16 +1,20 @@
 """Healthy CT for NormNet: random lung-containing slabs, lesions synthesised on the device.
 
-Workers only read slabs of H and M from the prepared cache (memory-mapped);
+Workers only read slabs of H and M from the prepared cache (memory-mapped), mirrored, rotated and
+scaled in-plane when `data.augmentation` asks for it;
 `on_after_batch_transfer` runs the lesion generator where the batch now lives
 (the GPU when there is one), once per ensemble member with the member's own
 generator, and builds each member's target.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
@@ -23,12 +27,56 @@ from .evaluation import EvaluationDataModule
 from .positions import training_loader
 
 
+@dataclass(frozen=True)
+class SlabAugmentation:
+    """In-plane variety for a handful of healthy scans (`data.augmentation`). The paper trains without it:
+    its hundreds of LUNA16 scans are aligned. Four scans seen for thousands of steps are learned by heart
+    (README, "Real scans"); mirrored, turned and resized they stay healthy lungs."""
+    mirror_probability: float = 0.0     # left-right mirror
+    rotation_degrees: float = 0.0       # about the slab's axial centre, U[-r, r]
+    scaling: float = 0.0                # each in-plane axis, U[1 - s, 1 + s]
+
+    def draw(self, rng: np.random.Generator) -> tuple[bool, float, tuple[float, float]] | None:
+        """(mirror, degrees, (scale y, scale x)) for one slab, or None when there is nothing to do."""
+        if not (self.mirror_probability or self.rotation_degrees or self.scaling):
+            return None
+        mirror = bool(rng.random() < self.mirror_probability)
+        degrees = float(rng.uniform(-self.rotation_degrees, self.rotation_degrees))
+        scale_y, scale_x = (float(v) for v in rng.uniform(1 - self.scaling, 1 + self.scaling, size=2))
+        return mirror, degrees, (scale_y, scale_x)
+
+
+def transform_in_plane(image: torch.Tensor, lung: torch.Tensor, mirror: bool, degrees: float,
+                       scale_yx: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A slab (D, H, W) mirrored along W (left-right), then its content scaled by scale_yx and turned by
+    `degrees` about the centre of each slice, in voxel units (bilinear image, nearest lung, zeros beyond
+    the slab). Where the image was zero outside the lung (H = R' * M) it stays so."""
+    if mirror:
+        image, lung = image.flip(-1), lung.flip(-1)
+    depth, height, width = image.shape
+    angle = math.radians(degrees)
+    rotation = torch.tensor([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]],
+                            dtype=torch.float64)            # output -> input: the inverse turn, (x, y)
+    half = torch.tensor([width / 2, height / 2], dtype=torch.float64)
+    to_input = torch.diag(1 / half) @ torch.diag(torch.tensor([1 / scale_yx[1], 1 / scale_yx[0]],
+                                                              dtype=torch.float64)) @ rotation @ torch.diag(half)
+    theta = torch.cat([to_input, torch.zeros(2, 1, dtype=torch.float64)], dim=1).float()
+    grid = F.affine_grid(theta.expand(depth, 2, 3), [depth, 1, height, width], align_corners=False)
+    masked = not bool(image[~lung].any())
+    image = F.grid_sample(image[:, None].float(), grid, mode="bilinear", align_corners=False)[:, 0]
+    lung = F.grid_sample(lung[:, None].float(), grid, mode="nearest", align_corners=False)[:, 0] > 0.5
+    return (image * lung if masked else image), lung
+
+
 class HealthySlabs(Dataset):
     """Item i: a reproducible random slab (seeded by seed and i), uniform over every lung-holding slab
-    position of the set, so a long scan weighs more than a short one (a LUNA16 run between nodules)."""
+    position of the set, so a long scan weighs more than a short one (a LUNA16 run between nodules), and
+    augmented in-plane from the same seed."""
 
-    def __init__(self, folder: str | Path, slab, length: int, seed: int):
+    def __init__(self, folder: str | Path, slab, length: int, seed: int,
+                 augmentation: SlabAugmentation = SlabAugmentation()):
         self.folder, self.slab, self.length, self.seed = Path(folder), tuple(slab), length, seed
+        self.augmentation = augmentation
         index = load_index(folder)
         self.cases = index["cases"]
         self.m_max = largest_slab_lung(index, self.slab[0])
@@ -41,7 +89,8 @@ class HealthySlabs(Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict:
-        position = int(np.random.default_rng([self.seed, i]).integers(self.offsets[-1]))
+        rng = np.random.default_rng([self.seed, i])
+        position = int(rng.integers(self.offsets[-1]))
         c = int(np.searchsorted(self.offsets, position, side="right"))
         start = int(self.starts[c][position - (self.offsets[c - 1] if c else 0)])
         folder = self.folder / self.cases[c]["name"]
@@ -51,9 +100,13 @@ class HealthySlabs(Dataset):
         if image.shape[0] < depth:   # a volume thinner than the slab: pad with empty slices
             pad = [(0, depth - image.shape[0]), (0, 0), (0, 0)]
             image, lung = np.pad(image, pad), np.pad(lung, pad)
-        return {"image": torch.from_numpy(np.asarray(image, dtype=np.float32))[None], "item": i,
-                "lung": torch.from_numpy(np.array(lung, dtype=bool))[None],
-                "lam": torch.tensor(float(lung.sum()) / self.m_max, dtype=torch.float32)}
+        image, lung = torch.from_numpy(np.asarray(image, dtype=np.float32)), torch.from_numpy(np.array(lung, bool))
+        drawn = self.augmentation.draw(rng)
+        if drawn is not None:
+            image, lung = transform_in_plane(image, lung, *drawn)
+        # a slab enlarged in-plane may hold more lung than the largest one: lambda stays a fraction
+        return {"image": image[None], "item": i, "lung": lung[None],
+                "lam": torch.tensor(min(float(lung.sum()) / self.m_max, 1.0), dtype=torch.float32)}
 
 
 class HealthyCTDataModule(EvaluationDataModule):
@@ -74,7 +127,7 @@ class HealthyCTDataModule(EvaluationDataModule):
             world = self.trainer.world_size if self.trainer else 1
             length = cfg.trainer.max_steps * cfg.data.batch_size * world
             self.train_set = HealthySlabs(prepared_dir(cfg, "healthy", cfg.data.healthy), cfg.data.slab,
-                                          length, cfg.seed)
+                                          length, cfg.seed, SlabAugmentation(**cfg.data.augmentation))
         super().setup(stage)
 
     def train_dataloader(self) -> DataLoader:

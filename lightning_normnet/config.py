@@ -182,8 +182,9 @@ def _check_range(conf: DictConfig, key: str, low_bound: float = 0.0) -> None:
 # trainer.* keys that the schedules read (methods.fitting); every other trainer.* key is a Lightning
 # Trainer argument, checked by Lightning (runs.run.check_trainer)
 SCHEDULE_KEYS = ("max_steps", "val_check_interval", "checkpoint_every")
-FRACTIONS = ("inference.healthy_probability", "lesions.large_probability", "lesions.sigma_b_small_probability",
-             "target.tau", "postprocessing.tau", "postprocessing.t_d", "postprocessing.t_f",
+FRACTIONS = ("inference.healthy_probability", "data.augmentation.mirror_probability", "lesions.large_probability",
+             "lesions.sigma_b_small_probability", "target.tau", "postprocessing.tau", "postprocessing.t_d",
+             "postprocessing.t_f",
              "preprocessing.edge_removal.threshold", "preprocessing.edge_removal.min_fraction")
 THREE_AXES = {"preprocessing.spacing": "(x, y, z)", "data.phantom.spacing": "(x, y, z)",
               "data.phantom.size": "(x, y, z)", "data.slab": "[D, H, W]", "inference.roi": "[D, H, W]"}
@@ -234,6 +235,11 @@ def _check_ranges(conf: DictConfig) -> None:
     if conf.lung_mask.airway_margin_mm is not None and _number(conf, "lung_mask.airway_margin_mm") < 0:
         raise ConfigError(f"lung_mask.airway_margin_mm={conf.lung_mask.airway_margin_mm} must be null (keep the "
                           f"airways) or at least 0 mm.")
+    if not 0 <= _number(conf, "data.augmentation.rotation_degrees") <= 180:
+        raise ConfigError(f"data.augmentation.rotation_degrees={conf.data.augmentation.rotation_degrees} must "
+                          f"lie in [0, 180].")
+    if not 0 <= _number(conf, "data.augmentation.scaling") < 1:
+        raise ConfigError(f"data.augmentation.scaling={conf.data.augmentation.scaling} must lie in [0, 1).")
     if not 0 <= _number(conf, "inference.overlap") < 1:
         raise ConfigError(f"inference.overlap={conf.inference.overlap} must lie in [0, 1).")
 

@@ -5,9 +5,10 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from lightning_normnet.datasets.sources import prepare_dataset, prepared_dir
-from datamodules.healthy import HealthySlabs
+from datamodules.healthy import HealthySlabs, SlabAugmentation, transform_in_plane
 from lightning_normnet.datasets.cache import load_index
 from lightning_normnet.datasets.summary import format_summary, summary_row
 from lightning_normnet.phantom import write_phantom_dataset
@@ -122,3 +123,86 @@ def test_slabs_are_drawn_uniformly_over_positions(tmp_path):
     slabs = HealthySlabs(folder, (2, 4, 4), 3000, seed=0)
     from_b = np.array([float(slabs[i]["image"].max()) for i in range(3000)]) == 1.0
     assert abs(from_b.mean() - 1 / 6) < 0.03
+
+
+def _ramp(width: int = 4) -> torch.Tensor:
+    """One slice whose value is its column number, 4 x width, as a slab (1, 4, width)."""
+    return torch.arange(width, dtype=torch.float32).expand(4, width)[None].clone()
+
+
+def test_mirror_is_a_left_right_flip():
+    image, lung = torch.arange(12.0).reshape(1, 3, 4), torch.ones(1, 3, 4, dtype=bool)
+    mirrored, lung_out = transform_in_plane(image, lung, True, 0.0, (1.0, 1.0))
+    assert torch.allclose(mirrored, image.flip(-1), atol=1e-5) and lung_out.all()
+
+
+def test_a_quarter_turn_moves_every_voxel_centre_onto_a_voxel_centre():
+    """4 x 4 slices turn about their centre (1.5, 1.5): +90 degrees is numpy's clockwise rot90 (rows down),
+    image and lung alike."""
+    image = torch.arange(32.0).reshape(2, 4, 4)
+    lung = torch.zeros(2, 4, 4, dtype=bool)
+    lung[:, 0, :2] = True                      # not symmetric: a wrong direction shows
+    image_in = image * lung
+    turned, lung_out = transform_in_plane(image_in, lung, False, 90.0, (1.0, 1.0))
+    assert torch.equal(lung_out, torch.rot90(lung, -1, dims=(1, 2)))
+    assert torch.allclose(turned, torch.rot90(image_in, -1, dims=(1, 2)), atol=1e-5)
+
+
+def test_scaling_by_two_samples_between_voxels_by_hand():
+    """Content twice as wide: output column centres at -1.5, -0.5, 0.5, 1.5 from the centre read the input
+    at -0.75, -0.25, 0.25, 0.75, i.e. columns 0.75, 1.25, 1.75, 2.25 of the ramp; rows are unchanged."""
+    scaled, lung = transform_in_plane(_ramp(), torch.ones(1, 4, 4, dtype=bool), False, 0.0, (1.0, 2.0))
+    assert torch.allclose(scaled[0], torch.tensor([0.75, 1.25, 1.75, 2.25]).expand(4, 4), atol=1e-5)
+    assert lung.all()
+
+
+def test_shrinking_brings_in_empty_space_beyond_the_slab():
+    """Half as wide: columns read at -3, -1, 1, 3 from the centre, i.e. -1.5 (outside: 0, no lung), 0.5 (the
+    mean of columns 0 and 1), 2.5, and 4.5 (outside)."""
+    shrunk, lung = transform_in_plane(_ramp(), torch.ones(1, 4, 4, dtype=bool), False, 0.0, (1.0, 0.5))
+    assert torch.allclose(shrunk[0], torch.tensor([0.0, 0.5, 2.5, 0.0]).expand(4, 4), atol=1e-5)
+    assert torch.equal(lung[0], torch.tensor([False, True, True, False]).expand(4, 4))
+
+
+def test_an_image_zero_outside_the_lung_stays_so_and_the_thorax_is_kept_where_it_was_there():
+    lung = torch.zeros(3, 16, 16, dtype=bool)
+    lung[:, 4:12, 3:9] = True
+    thorax = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)) + 0.1
+    masked, lung_out = transform_in_plane(thorax * lung, lung, False, 30.0, (1.1, 0.9))
+    assert lung_out.any() and not masked[~lung_out].any()
+    unmasked, _ = transform_in_plane(thorax, lung, False, 30.0, (1.1, 0.9))
+    assert (unmasked[~lung_out] > 0).float().mean() > 0.5       # the thorax around the lung stays
+
+
+def _two_cases(folder):
+    cases = []
+    for name, depth in (("a", 6), ("b", 4)):
+        (folder / name).mkdir(parents=True)
+        lung = np.zeros((depth, 8, 8), bool)
+        lung[:, 2:6, 1:4] = True
+        image = np.random.default_rng(len(name) + depth).random((depth, 8, 8)).astype(np.float16) * lung
+        np.save(folder / name / "image.npy", image)
+        np.save(folder / name / "lung.npy", lung)
+        cases.append({"name": name, "lung_per_slice": [int(s.sum()) for s in lung]})
+    (folder / "index.json").write_text(json.dumps({"cases": cases, "skipped": [], "training": True}))
+
+
+def test_slab_augmentation_is_drawn_from_the_items_seed_after_its_position(tmp_path):
+    """No augmentation draws nothing (the slab as stored); mirroring alone, always, gives that slab flipped
+    (the position is drawn first, so it stays); a turned and resized item repeats exactly (a resumed run)
+    and lambda stays at most 1."""
+    _two_cases(tmp_path)
+    plain = HealthySlabs(tmp_path, (2, 8, 8), 50, seed=3)
+    assert SlabAugmentation().draw(np.random.default_rng(0)) is None
+    mirrored = HealthySlabs(tmp_path, (2, 8, 8), 50, seed=3, augmentation=SlabAugmentation(mirror_probability=1))
+    varied = HealthySlabs(tmp_path, (2, 8, 8), 50, seed=3,
+                          augmentation=SlabAugmentation(0.5, rotation_degrees=20, scaling=0.3))
+    changed = 0
+    for i in range(50):
+        assert torch.allclose(mirrored[i]["image"], plain[i]["image"].flip(-1), atol=1e-5)
+        assert torch.equal(mirrored[i]["lung"], plain[i]["lung"].flip(-1))
+        first, again = varied[i], varied[i]
+        assert torch.equal(first["image"], again["image"]) and torch.equal(first["lung"], again["lung"])
+        assert 0 < first["lam"].item() <= 1
+        changed += not torch.equal(first["lung"], plain[i]["lung"])
+    assert changed > 40
