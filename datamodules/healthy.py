@@ -29,9 +29,9 @@ from .positions import training_loader
 
 @dataclass(frozen=True)
 class SlabAugmentation:
-    """In-plane variety for a handful of healthy scans (`data.augmentation`). The paper trains without it:
-    its hundreds of LUNA16 scans are aligned. Four scans seen for thousands of steps are learned by heart
-    (README, "Real scans"); mirrored, turned and resized they stay healthy lungs."""
+    """In-plane variety for a handful of healthy scans (`data.augmentation`). The paper trains without it,
+    its volumes being aligned (Sec. IV-B.3); four scans seen for thousands of steps are learned by heart
+    (README, "Real scans"), and mirrored, turned and resized they are still healthy lungs."""
     mirror_probability: float = 0.0     # left-right mirror
     rotation_degrees: float = 0.0       # about the slab's axial centre, U[-r, r]
     scaling: float = 0.0                # each in-plane axis, U[1 - s, 1 + s]
@@ -49,11 +49,14 @@ class SlabAugmentation:
 def transform_in_plane(image: torch.Tensor, lung: torch.Tensor, mirror: bool, degrees: float,
                        scale_yx: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """A slab (D, H, W) mirrored along W (left-right), then its content scaled by scale_yx and turned by
-    `degrees` about the centre of each slice, in voxel units (bilinear image, nearest lung, zeros beyond
-    the slab). Where the image was zero outside the lung (H = R' * M) it stays so."""
+    `degrees` about the centre of each slice, in voxels (rigid in mm as the grid's x and y spacings are
+    equal; bilinear image, nearest lung, zeros beyond the slab). Where the image was zero outside the lung
+    (H = R' * M) it stays so."""
     if mirror:
         image, lung = image.flip(-1), lung.flip(-1)
-    depth, height, width = image.shape
+    if degrees == 0 and scale_yx == (1.0, 1.0):
+        return image, lung
+    _, height, width = image.shape
     angle = math.radians(degrees)
     rotation = torch.tensor([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]],
                             dtype=torch.float64)            # output -> input: the inverse turn, (x, y)
@@ -61,10 +64,10 @@ def transform_in_plane(image: torch.Tensor, lung: torch.Tensor, mirror: bool, de
     to_input = torch.diag(1 / half) @ torch.diag(torch.tensor([1 / scale_yx[1], 1 / scale_yx[0]],
                                                               dtype=torch.float64)) @ rotation @ torch.diag(half)
     theta = torch.cat([to_input, torch.zeros(2, 1, dtype=torch.float64)], dim=1).float()
-    grid = F.affine_grid(theta.expand(depth, 2, 3), [depth, 1, height, width], align_corners=False)
-    masked = not bool(image[~lung].any())
-    image = F.grid_sample(image[:, None].float(), grid, mode="bilinear", align_corners=False)[:, 0]
-    lung = F.grid_sample(lung[:, None].float(), grid, mode="nearest", align_corners=False)[:, 0] > 0.5
+    grid = F.affine_grid(theta[None], [1, 1, height, width], align_corners=False)   # one for every slice
+    masked = not bool(image.masked_fill(lung, 0).any())
+    image = F.grid_sample(image[None].float(), grid, mode="bilinear", align_corners=False)[0]
+    lung = F.grid_sample(lung[None].float(), grid, mode="nearest", align_corners=False)[0] > 0.5
     return (image * lung if masked else image), lung
 
 

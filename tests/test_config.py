@@ -175,7 +175,9 @@ def test_an_ablation_applies_once_wherever_it_is_named(tmp_path):
     ("inference.overlap=1.0", r"inference.overlap=1.0 must lie in \[0, 1\)"),
     ("data.augmentation.mirror_probability=2", r"mirror_probability=2 must lie in \[0, 1\]"),
     ("data.augmentation.rotation_degrees=-5", r"rotation_degrees=-5 must lie in \[0, 180\]"),
+    ("data.augmentation.rotation_degrees=200", r"rotation_degrees=200 must lie in \[0, 180\]"),
     ("data.augmentation.scaling=1.0", r"data.augmentation.scaling=1.0 must lie in \[0, 1\)"),
+    ("data.augmentation.scaling=-0.1", r"data.augmentation.scaling=-0.1 must lie in \[0, 1\)"),
 ])
 def test_a_wrong_type_or_impossible_value_is_refused_in_one_sentence(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -133,7 +133,7 @@ def _ramp(width: int = 4) -> torch.Tensor:
 def test_mirror_is_a_left_right_flip():
     image, lung = torch.arange(12.0).reshape(1, 3, 4), torch.ones(1, 3, 4, dtype=bool)
     mirrored, lung_out = transform_in_plane(image, lung, True, 0.0, (1.0, 1.0))
-    assert torch.allclose(mirrored, image.flip(-1), atol=1e-5) and lung_out.all()
+    assert torch.equal(mirrored, image.flip(-1)) and lung_out.all()
 
 
 def test_a_quarter_turn_moves_every_voxel_centre_onto_a_voxel_centre():
@@ -146,6 +146,19 @@ def test_a_quarter_turn_moves_every_voxel_centre_onto_a_voxel_centre():
     turned, lung_out = transform_in_plane(image_in, lung, False, 90.0, (1.0, 1.0))
     assert torch.equal(lung_out, torch.rot90(lung, -1, dims=(1, 2)))
     assert torch.allclose(turned, torch.rot90(image_in, -1, dims=(1, 2)), atol=1e-5)
+
+
+def test_a_quarter_turn_of_a_slice_wider_than_high_by_hand():
+    """4 x 6 voxels, centre (x, y) = (2.5, 1.5): +90 degrees reads output voxel (row, col) from input row
+    4 - col, column row + 1, which lies inside for columns 1..4; columns 0 and 5 fall beyond the slab."""
+    image = torch.arange(1.0, 25.0).reshape(1, 4, 6)
+    turned, lung = transform_in_plane(image, torch.ones(1, 4, 6, dtype=bool), False, 90.0, (1.0, 1.0))
+    expected = torch.zeros(4, 6)
+    for row in range(4):
+        for col in range(1, 5):
+            expected[row, col] = image[0, 4 - col, row + 1]
+    assert torch.allclose(turned[0], expected, atol=1e-4)
+    assert torch.equal(lung[0], expected > 0)
 
 
 def test_scaling_by_two_samples_between_voxels_by_hand():
@@ -189,20 +202,24 @@ def _two_cases(folder):
 
 def test_slab_augmentation_is_drawn_from_the_items_seed_after_its_position(tmp_path):
     """No augmentation draws nothing (the slab as stored); mirroring alone, always, gives that slab flipped
-    (the position is drawn first, so it stays); a turned and resized item repeats exactly (a resumed run)
-    and lambda stays at most 1."""
+    (the position is drawn first, so it stays); a turned and resized item repeats exactly (a resumed run),
+    and lambda stays at most 1 where an enlarged slab holds more lung than the largest stored one."""
     _two_cases(tmp_path)
+    stored = [torch.from_numpy(np.load(tmp_path / name / "image.npy").astype(np.float32)) for name in "ab"]
+    windows = [volume[start:start + 2] for volume in stored for start in range(len(volume) - 1)]
     plain = HealthySlabs(tmp_path, (2, 8, 8), 50, seed=3)
     assert SlabAugmentation().draw(np.random.default_rng(0)) is None
     mirrored = HealthySlabs(tmp_path, (2, 8, 8), 50, seed=3, augmentation=SlabAugmentation(mirror_probability=1))
     varied = HealthySlabs(tmp_path, (2, 8, 8), 50, seed=3,
                           augmentation=SlabAugmentation(0.5, rotation_degrees=20, scaling=0.3))
-    changed = 0
+    changed, capped = 0, 0
     for i in range(50):
-        assert torch.allclose(mirrored[i]["image"], plain[i]["image"].flip(-1), atol=1e-5)
+        assert any(torch.equal(plain[i]["image"][0], window) for window in windows)
+        assert torch.equal(mirrored[i]["image"], plain[i]["image"].flip(-1))
         assert torch.equal(mirrored[i]["lung"], plain[i]["lung"].flip(-1))
         first, again = varied[i], varied[i]
         assert torch.equal(first["image"], again["image"]) and torch.equal(first["lung"], again["lung"])
         assert 0 < first["lam"].item() <= 1
         changed += not torch.equal(first["lung"], plain[i]["lung"])
-    assert changed > 40
+        capped += int(first["lung"].sum()) > plain.m_max and first["lam"].item() == 1
+    assert changed > 40 and capped > 0

@@ -1,7 +1,7 @@
 """Exact resume: a run stopped by SIGTERM and resumed ends with the weights of the run that was never
-stopped (torch.equal), and its history files hold every step once, as that run's do. For NormNet (steps;
-stopped at a validating step; and killed leaving only an older periodic checkpoint), the supervised 3D
-U-Net (epochs, TorchIO augmentation, early stopping and a plateau schedule; stopped at and inside epochs)
+stopped (torch.equal), and its history files hold every step once, as that run's do. For NormNet (steps,
+augmented slabs; stopped at a validating step; and killed leaving only an older periodic checkpoint), the 3D
+supervised U-Net (epochs, TorchIO augmentation, early stopping and a plateau schedule; stopped at and inside epochs)
 and the cycle-GAN (manual optimisation, image pools, a shuffled loader). Also: the W&B run id kept, the
 stop's exit status and line, unfinished runs refused by compare and evaluate, a finished run not trained
 again, and a run folder refused to another configuration."""
@@ -24,7 +24,8 @@ from lightning_normnet.scores import read_evaluation
 from .conftest import TINY
 
 NORMNET = ["trainer.max_steps=6", "trainer.val_check_interval=2", "trainer.checkpoint_every=2",
-           "trainer.log_every_n_steps=1"]
+           "trainer.log_every_n_steps=1", "data.augmentation.mirror_probability=0.5",
+           "data.augmentation.rotation_degrees=10", "data.augmentation.scaling=0.1"]
 UNET = ["data.phantom.train_volumes=2", "unet3d.patch=[32,32,16]", "unet3d.channels=[4,4,8,8,16]",
         "unet3d.batches_per_epoch=3", "unet3d.batch_size=1", "unet3d.max_epochs=5", "unet3d.val_every=2",
         "unet3d.plateau_patience=0", "unet3d.min_lr=1e-12",
