@@ -1,13 +1,18 @@
 """The prepared cache: it follows its folder, resumes after an interruption, reads real scans, sums up."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
+from benchmarks.real_scans import HEALTHY
+from lightning_normnet.config import load_config
+from lightning_normnet.datasets import discover
 from lightning_normnet.datasets.sources import prepare_dataset, prepared_dir
+from lightning_normnet.io import InputError
 from datamodules.healthy import HealthySlabs, SlabAugmentation, transform_in_plane
 from lightning_normnet.datasets.cache import load_index
 from lightning_normnet.datasets.summary import format_summary, summary_row
@@ -66,6 +71,26 @@ def test_real_scans_through_the_plain_folder_reader(tiny_config, capsys):
     assert "skipped lm-64: " in printed and "| folder | healthy | 3 | 2 |" in printed
     dicom, nrrd = index["cases"][2], index["cases"][1]
     assert dicom["slices"] == nrrd["slices"] == 79 and dicom["shape"] == nrrd["shape"]
+
+
+def test_the_real_scan_recipe_trains_on_four_scans_and_holds_normal001_out():
+    """normnet_realscans reads data/realscans-healthy as it is tracked: its links reach the four scans the
+    README names, and the report's one unseen healthy scan is normal001."""
+    shared_data("cip")
+    cfg = load_config("normnet_realscans")
+    root = Path(__file__).resolve().parents[1] / cfg.data.healthy_root
+    listing = discover(cfg.data.healthy, root, cfg.datasets.folder, "healthy")
+    trained = {case.image.resolve() for case in listing.cases}
+    expected = {"imlab id001", "imlab id003", "cip ct-64", "cip TestInput"}
+    assert trained == {(shared_data(HEALTHY[name])).resolve() for name in expected}
+    assert set(HEALTHY) - expected == {"normal001"}
+
+
+def test_a_link_to_nothing_is_named(tmp_path):
+    """A scan whose link dangles would silently leave the training set: it is refused, naming the link."""
+    (tmp_path / "scan.nii.gz").symlink_to(tmp_path / "moved" / "scan.nii.gz")
+    with pytest.raises(InputError, match=r"scan\.nii\.gz: links to .*moved/scan\.nii\.gz, which does not exist"):
+        discover("folder", tmp_path, {}, "healthy")
 
 
 def test_real_lung_masks_beside_their_scans(tmp_path, tiny_config):

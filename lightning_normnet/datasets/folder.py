@@ -8,9 +8,12 @@
 
 A folder without images/ is read as the images folder itself; files there that
 are not CT in HU (masks kept beside their scans) are skipped, each with a line.
+Scans may be links (data/realscans-healthy links to ../shared/data); a link to
+nothing is refused, naming it.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..io import InputError, case_name, is_image_file
@@ -22,6 +25,9 @@ RESERVED = {"images", "lesions", "lungs"}
 def discover(root: Path, options, role: str) -> Listing:
     root = require_root(root)
     images = root / "images" if (root / "images").is_dir() else root
+    for entry in sorted(images.iterdir()):
+        if entry.is_symlink() and not entry.exists():     # a scan missing from the set must not go unnoticed
+            raise InputError(f"{entry}: links to {os.readlink(entry)}, which does not exist.")
     entries = [e for e in sorted(images.iterdir()) if not e.name.startswith(".")
                and not (images == root and e.name in RESERVED) and (is_image_file(e) or e.is_dir())]
     if not entries:
