@@ -1,7 +1,7 @@
 """Healthy CT for NormNet: random lung-containing slabs, lesions synthesised on the device.
 
 Workers only read slabs of H and M from the prepared cache (memory-mapped), mirrored, rotated and
-scaled and blurred in-plane when `data.augmentation` asks for it;
+scaled in-plane when `data.augmentation` asks for it;
 `on_after_batch_transfer` runs the lesion generator where the batch now lives
 (the GPU when there is one), once per ensemble member with the member's own
 generator, and builds each member's target.
@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import GaussianFilter
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
@@ -36,44 +35,27 @@ class SlabAugmentation:
     mirror_probability: float = 0.0     # left-right mirror
     rotation_degrees: float = 0.0       # about the slab's axial centre, U[-r, r]
     scaling: float = 0.0                # each in-plane axis, U[1 - s, 1 + s]
-    blur_sigma: float = 0.0             # in-plane Gaussian of U[0, b] voxels: scanners and resamplings differ
 
-    def draw(self, rng: np.random.Generator) -> tuple[bool, float, tuple[float, float], float] | None:
-        """(mirror, degrees, (scale y, scale x), blur sigma) for one slab, or None when there is nothing to do.
-        The blur is drawn last and only when asked for, so the other draws do not depend on it."""
-        if not (self.mirror_probability or self.rotation_degrees or self.scaling or self.blur_sigma):
+    def draw(self, rng: np.random.Generator) -> tuple[bool, float, tuple[float, float]] | None:
+        """(mirror, degrees, (scale y, scale x)) for one slab, or None when there is nothing to do."""
+        if not (self.mirror_probability or self.rotation_degrees or self.scaling):
             return None
         mirror = bool(rng.random() < self.mirror_probability)
         degrees = float(rng.uniform(-self.rotation_degrees, self.rotation_degrees))
         scale_y, scale_x = (float(v) for v in rng.uniform(1 - self.scaling, 1 + self.scaling, size=2))
-        sigma = float(rng.uniform(0, self.blur_sigma)) if self.blur_sigma else 0.0
-        return mirror, degrees, (scale_y, scale_x), sigma
-
-
-def blur_in_plane(image: torch.Tensor, lung: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Each slice of a slab (D, H, W) smoothed by a Gaussian of `sigma` voxels. Where the image is zero
-    outside the lung it is smoothed within the lung only (normalised convolution), so the lung's edge is
-    not darkened by the zeros beyond it, and stays zero outside."""
-    if sigma <= 0:
-        return image
-    smooth = GaussianFilter(spatial_dims=2, sigma=sigma)
-    if image.masked_fill(lung, 0).any():
-        return smooth(image[:, None].float())[:, 0]
-    inside = lung[:, None].float()
-    weights = smooth(inside)[:, 0]
-    return torch.where(lung, smooth(image[:, None].float() * inside)[:, 0] / weights.clamp_min(1e-6), 0.0)
+        return mirror, degrees, (scale_y, scale_x)
 
 
 def transform_in_plane(image: torch.Tensor, lung: torch.Tensor, mirror: bool, degrees: float,
-                       scale_yx: tuple[float, float], sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                       scale_yx: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """A slab (D, H, W) mirrored along W (left-right), then its content scaled by scale_yx and turned by
     `degrees` about the centre of each slice, in voxels (rigid in mm as the grid's x and y spacings are
-    equal; bilinear image, nearest lung, zeros beyond the slab), then blurred by `sigma` voxels
-    (`blur_in_plane`). Where the image was zero outside the lung (H = R' * M) it stays so."""
+    equal; bilinear image, nearest lung, zeros beyond the slab). Where the image was zero outside the lung
+    (H = R' * M) it stays so."""
     if mirror:
         image, lung = image.flip(-1), lung.flip(-1)
     if degrees == 0 and scale_yx == (1.0, 1.0):
-        return blur_in_plane(image, lung, sigma), lung
+        return image, lung
     _, height, width = image.shape
     angle = math.radians(degrees)
     rotation = torch.tensor([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]],
@@ -86,7 +68,7 @@ def transform_in_plane(image: torch.Tensor, lung: torch.Tensor, mirror: bool, de
     masked = not bool(image.masked_fill(lung, 0).any())
     image = F.grid_sample(image[None].float(), grid, mode="bilinear", align_corners=False)[0]
     lung = F.grid_sample(lung[None].float(), grid, mode="nearest", align_corners=False)[0] > 0.5
-    return blur_in_plane(image * lung if masked else image, lung, sigma), lung
+    return (image * lung if masked else image), lung
 
 
 class HealthySlabs(Dataset):

@@ -240,9 +240,6 @@ def _check_ranges(conf: DictConfig) -> None:
                           f"lie in [0, 180].")
     if not 0 <= _number(conf, "data.augmentation.scaling") < 1:
         raise ConfigError(f"data.augmentation.scaling={conf.data.augmentation.scaling} must lie in [0, 1).")
-    if not 0 <= _number(conf, "data.augmentation.blur_sigma"):
-        raise ConfigError(f"data.augmentation.blur_sigma={conf.data.augmentation.blur_sigma} must be at least 0 "
-                          f"voxels.")
     if not 0 <= _number(conf, "inference.overlap") < 1:
         raise ConfigError(f"inference.overlap={conf.inference.overlap} must lie in [0, 1).")
 
