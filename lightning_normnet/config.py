@@ -184,8 +184,7 @@ def _check_range(conf: DictConfig, key: str, low_bound: float = 0.0) -> None:
 SCHEDULE_KEYS = ("max_steps", "val_check_interval", "checkpoint_every")
 FRACTIONS = ("inference.healthy_probability", "data.augmentation.mirror_probability", "lesions.large_probability",
              "lesions.sigma_b_small_probability", "target.tau", "postprocessing.tau", "postprocessing.t_d",
-             "postprocessing.t_f",
-             "preprocessing.edge_removal.threshold", "preprocessing.edge_removal.min_fraction")
+             "postprocessing.t_f", "preprocessing.edge_removal.threshold", "preprocessing.edge_removal.min_fraction")
 THREE_AXES = {"preprocessing.spacing": "(x, y, z)", "data.phantom.spacing": "(x, y, z)",
               "data.phantom.size": "(x, y, z)", "data.slab": "[D, H, W]", "inference.roi": "[D, H, W]"}
 POSITIVE_LISTS = ("preprocessing.spacing", "data.phantom.spacing", "data.phantom.size", "data.slab", "inference.roi",

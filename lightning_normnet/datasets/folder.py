@@ -25,10 +25,11 @@ RESERVED = {"images", "lesions", "lungs"}
 def discover(root: Path, options, role: str) -> Listing:
     root = require_root(root)
     images = root / "images" if (root / "images").is_dir() else root
-    for entry in sorted(images.iterdir()):
+    listed = sorted(images.iterdir())
+    for entry in listed:
         if entry.is_symlink() and not entry.exists():     # a scan missing from the set must not go unnoticed
             raise InputError(f"{entry}: links to {os.readlink(entry)}, which does not exist.")
-    entries = [e for e in sorted(images.iterdir()) if not e.name.startswith(".")
+    entries = [e for e in listed if not e.name.startswith(".")
                and not (images == root and e.name in RESERVED) and (is_image_file(e) or e.is_dir())]
     if not entries:
         raise InputError(f"{images}: holds no CT volumes (NIfTI, NRRD, MHD/MHA or DICOM series folders).")
