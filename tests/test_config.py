@@ -28,13 +28,14 @@ def test_quick_is_a_diff_of_the_default():
 def test_the_fine_real_scan_recipe_changes_only_the_grid_and_what_scales_with_it():
     """normnet_realscans_fine is the recipe on a 1.6 mm grid: the same scans, augmentation and network, the
     same in-plane field of view, and (as in the recipe) the paper's lesion lengths and post-processing
-    kernels, given for its 0.8 mm voxels, brought to the grid: kernels to the nearest odd size, 3 at least."""
+    kernels, given for its 0.8 mm voxels, brought to the grid: kernels to the nearest odd size, 3 at least; and both save a checkpoint every quarter of the run."""
     paper, recipe, fine = (load_config(name) for name in ("normnet", "normnet_realscans", "normnet_realscans_fine"))
     before, after = _flat(recipe), _flat(fine)
     assert {key for key, value in after.items() if before[key] != value} == {
         "name", "preprocessing.spacing", "preprocessing.in_plane_size", "preprocessing.edge_removal.boundary_width",
         "data.slab", "data.batch_size", "lesions.length_scale", "postprocessing.k_d",
-        "inference.roi", "inference.sw_batch_size", "trainer.max_steps", "trainer.val_check_interval"}
+        "inference.roi", "inference.sw_batch_size", "trainer.max_steps", "trainer.val_check_interval",
+        "trainer.checkpoint_every"}
     for cfg in (recipe, fine):
         spacing = cfg.preprocessing.spacing[0]
         assert spacing * cfg.preprocessing.in_plane_size[0] == pytest.approx(409.6)
@@ -43,6 +44,7 @@ def test_the_fine_real_scan_recipe_changes_only_the_grid_and_what_scales_with_it
         for kernel in ("k_d", "k_f"):
             scaled = paper.postprocessing[kernel] * paper.preprocessing.spacing[0] / spacing
             assert cfg.postprocessing[kernel] == max(3, 2 * round((scaled - 1) / 2) + 1)
+        assert cfg.trainer.max_steps == 4 * cfg.trainer.checkpoint_every   # a kill loses at most a quarter
     voxels = [cfg.trainer.max_steps * cfg.data.batch_size * math.prod(cfg.data.slab) for cfg in (fine, recipe)]
     assert voxels[0] < voxels[1]
 
