@@ -28,7 +28,8 @@ def test_quick_is_a_diff_of_the_default():
 def test_the_fine_real_scan_recipe_changes_only_the_grid_and_what_scales_with_it():
     """normnet_realscans_fine is the recipe on a 1.6 mm grid: the same scans, augmentation and network, the
     same in-plane field of view, and (as in the recipe) the paper's lesion lengths and post-processing
-    kernels, given for its 0.8 mm voxels, brought to the grid: kernels to the nearest odd size, 3 at least; and both save a checkpoint every quarter of the run."""
+    kernels, given for its 0.8 mm voxels, brought to the grid: kernels to the nearest odd size, 3 at least.
+    Both save a checkpoint every quarter of the run."""
     paper, recipe, fine = (load_config(name) for name in ("normnet", "normnet_realscans", "normnet_realscans_fine"))
     before, after = _flat(recipe), _flat(fine)
     assert {key for key, value in after.items() if before[key] != value} == {
